@@ -1,0 +1,352 @@
+//! The micro-batcher: a stream of raw messages becomes Arrow record batches.
+//!
+//! [`collect_batch`] gathers messages until the batch is full by rows or bytes, or until the linger
+//! time has passed since its first message. [`decode_batch`] decodes them with arrow-json against
+//! the declared schema and appends the metadata columns. A message that does not decode (broken
+//! JSON, wrong type, a missing required field, invalid UTF-8, too large, more or less than one JSON
+//! object) becomes a [`DeadLetter`] carrying its reason and origin; the other messages of its batch
+//! go on. The common case (every message good) decodes the whole batch in one pass; only a batch
+//! with bad messages pays for isolating them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::compute::concat_batches;
+use arrow::error::ArrowError;
+use arrow_json::reader::{Decoder, ReaderBuilder};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::schema::{source_schema, transaction_schema};
+use crate::source::{Message, Source, SourceError};
+
+/// When a micro-batch closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Close the batch at this many messages.
+    pub max_rows: usize,
+    /// Close the batch at this many payload bytes.
+    pub max_bytes: usize,
+    /// Close the batch this long after its first message arrived.
+    pub linger: Duration,
+    /// A message larger than this is a dead letter, never decoded.
+    pub max_message_bytes: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 50_000,
+            max_bytes: 32 << 20,
+            linger: Duration::from_millis(1000),
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why [`collect_batch`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchEnd {
+    /// A row or byte limit was reached.
+    Full,
+    /// The linger time ran out.
+    Linger,
+    /// The source has no more messages.
+    SourceExhausted,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// Gather the next micro-batch of raw messages from `source`.
+///
+/// Waits without limit for the first message (a quiet topic is not an error), then at most
+/// `limits.linger` for the rest.
+pub async fn collect_batch<S: Source>(
+    source: &mut S,
+    limits: &BatchLimits,
+    shutdown: &CancellationToken,
+) -> Result<(Vec<Message>, BatchEnd), SourceError> {
+    let mut messages = Vec::new();
+    let mut bytes = 0usize;
+    let mut deadline: Option<Instant> = None;
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    loop {
+        let wake = deadline.unwrap_or(far);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok((messages, BatchEnd::Shutdown)),
+            _ = tokio::time::sleep_until(wake), if deadline.is_some() => {
+                return Ok((messages, BatchEnd::Linger));
+            }
+            next = source.next_message() => match next? {
+                None => return Ok((messages, BatchEnd::SourceExhausted)),
+                Some(message) => {
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + limits.linger);
+                    }
+                    bytes += message.size();
+                    messages.push(message);
+                    if messages.len() >= limits.max_rows || bytes >= limits.max_bytes {
+                        return Ok((messages, BatchEnd::Full));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A message that could not become a row, with the reason and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Topic of the message.
+    pub topic: Arc<str>,
+    /// Partition of the message.
+    pub partition: i32,
+    /// Offset of the message.
+    pub offset: i64,
+    /// Broker timestamp of the message, if any.
+    pub timestamp_ms: Option<i64>,
+    /// Why it was refused, in words a person can act on.
+    pub reason: String,
+    /// The message as received (possibly truncated to a bounded size by the sink).
+    pub payload: Vec<u8>,
+}
+
+/// The outcome of decoding one micro-batch.
+#[derive(Debug, Clone)]
+pub struct DecodedBatch {
+    /// The good rows, in message order, with the `transactions` schema (record + metadata).
+    pub rows: RecordBatch,
+    /// The messages that did not decode.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Decode `messages` into rows of the `transactions` table and dead letters.
+///
+/// Every message ends up either as a row or as a dead letter. An error is returned only for an
+/// internal failure to assemble the batch, never for bad input.
+pub fn decode_batch(
+    messages: &[Message],
+    max_message_bytes: usize,
+) -> Result<DecodedBatch, ArrowError> {
+    let mut dead_letters = Vec::new();
+    let mut candidates = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        match precheck(m, max_message_bytes) {
+            Ok(()) => candidates.push(i),
+            Err(reason) => dead_letters.push(dead_letter(m, reason)),
+        }
+    }
+    let mut parts = Vec::new();
+    let mut good = Vec::with_capacity(candidates.len());
+    decode_structured(
+        messages,
+        &candidates,
+        &mut parts,
+        &mut good,
+        &mut dead_letters,
+    );
+    dead_letters.sort_by_key(|d| (d.partition, d.offset));
+    let rows = assemble(messages, &parts, &good)?;
+    Ok(DecodedBatch { rows, dead_letters })
+}
+
+fn precheck(m: &Message, max_message_bytes: usize) -> Result<(), String> {
+    let Some(payload) = &m.payload else {
+        return Err("empty message: the value is null (a tombstone)".into());
+    };
+    if payload.len() > max_message_bytes {
+        return Err(format!(
+            "message of {} bytes exceeds max_message_bytes ({max_message_bytes})",
+            payload.len()
+        ));
+    }
+    if let Err(e) = std::str::from_utf8(payload) {
+        return Err(format!(
+            "invalid UTF-8 at byte {}: the message must be UTF-8 JSON",
+            e.valid_up_to()
+        ));
+    }
+    Ok(())
+}
+
+fn dead_letter(m: &Message, reason: String) -> DeadLetter {
+    DeadLetter {
+        topic: Arc::clone(&m.topic),
+        partition: m.partition,
+        offset: m.offset,
+        timestamp_ms: m.timestamp_ms,
+        reason,
+        payload: m.payload.clone().unwrap_or_default(),
+    }
+}
+
+fn new_decoder(rows: usize) -> Result<Decoder, ArrowError> {
+    ReaderBuilder::new(transaction_schema())
+        .with_batch_size(rows.max(1) + 1)
+        .build_decoder()
+}
+
+/// Feed one message; succeed only if it adds exactly one complete JSON object.
+fn feed_one(decoder: &mut Decoder, payload: &[u8]) -> Result<(), String> {
+    let before = decoder.len();
+    let read = decoder
+        .decode(payload)
+        .map_err(|e| format!("malformed JSON: {}", strip_prefix(&e)))?;
+    if read != payload.len() {
+        return Err("malformed JSON: more than one JSON value in the message".into());
+    }
+    if decoder.has_partial_record() {
+        return Err("malformed JSON: the object is incomplete (truncated message?)".into());
+    }
+    match decoder.len() - before {
+        1 => Ok(()),
+        0 => Err("malformed JSON: the message holds no JSON object".into()),
+        n => Err(format!(
+            "malformed JSON: the message holds {n} JSON values, expected exactly one object"
+        )),
+    }
+}
+
+/// First pass: syntax. Messages are fed one at a time so a syntax error is pinned to its message;
+/// the decoder is rebuilt from the messages since the last flush when one fails.
+fn decode_structured(
+    messages: &[Message],
+    candidates: &[usize],
+    parts: &mut Vec<RecordBatch>,
+    good: &mut Vec<usize>,
+    dead_letters: &mut Vec<DeadLetter>,
+) {
+    let Ok(mut decoder) = new_decoder(candidates.len()) else {
+        return fail_all(
+            messages,
+            candidates,
+            "internal: cannot build decoder",
+            dead_letters,
+        );
+    };
+    let mut segment: Vec<usize> = Vec::with_capacity(candidates.len());
+    for &i in candidates {
+        let payload = messages[i].payload.as_deref().unwrap_or_default();
+        if let Err(reason) = feed_one(&mut decoder, payload) {
+            dead_letters.push(dead_letter(&messages[i], reason));
+            // The decoder holds part of the bad message: decode the segment before it on its own
+            // and go on with a fresh decoder, so every message is fed at most twice.
+            let before = std::mem::take(&mut segment);
+            match refeed(messages, &before) {
+                Ok(d) => flush_or_bisect(messages, d, before, parts, good, dead_letters),
+                Err(e) => fail_all(messages, &before, &e, dead_letters),
+            }
+            decoder = match new_decoder(candidates.len()) {
+                Ok(d) => d,
+                Err(e) => return fail_all(messages, &[], &e.to_string(), dead_letters),
+            };
+            continue;
+        }
+        segment.push(i);
+    }
+    flush_or_bisect(messages, decoder, segment, parts, good, dead_letters);
+}
+
+fn refeed(messages: &[Message], segment: &[usize]) -> Result<Decoder, String> {
+    let mut decoder = new_decoder(segment.len()).map_err(|e| e.to_string())?;
+    for &i in segment {
+        feed_one(
+            &mut decoder,
+            messages[i].payload.as_deref().unwrap_or_default(),
+        )?;
+    }
+    Ok(decoder)
+}
+
+/// Second pass: types. A flush that fails (a wrong type, a missing required field) is retried on
+/// halves until the failing messages stand alone.
+fn flush_or_bisect(
+    messages: &[Message],
+    mut decoder: Decoder,
+    segment: Vec<usize>,
+    parts: &mut Vec<RecordBatch>,
+    good: &mut Vec<usize>,
+    dead_letters: &mut Vec<DeadLetter>,
+) {
+    match decoder.flush() {
+        Ok(Some(batch)) if batch.num_rows() == segment.len() => {
+            parts.push(batch);
+            good.extend(segment);
+        }
+        Ok(None) if segment.is_empty() => {}
+        Ok(_) => fail_all(
+            messages,
+            &segment,
+            "internal: decoded row count differs from message count",
+            dead_letters,
+        ),
+        Err(e) if segment.len() == 1 => {
+            dead_letters.push(dead_letter(&messages[segment[0]], type_reason(&e)));
+        }
+        Err(_) => {
+            let (left, right) = segment.split_at(segment.len() / 2);
+            for half in [left, right] {
+                match refeed(messages, half) {
+                    Ok(d) => flush_or_bisect(messages, d, half.to_vec(), parts, good, dead_letters),
+                    Err(e) => fail_all(messages, half, &e, dead_letters),
+                }
+            }
+        }
+    }
+}
+
+fn fail_all(messages: &[Message], idx: &[usize], reason: &str, dead: &mut Vec<DeadLetter>) {
+    dead.extend(
+        idx.iter()
+            .map(|&i| dead_letter(&messages[i], reason.to_string())),
+    );
+}
+
+fn strip_prefix(e: &ArrowError) -> String {
+    let s = e.to_string();
+    s.strip_prefix("Json error: ")
+        .or_else(|| s.strip_prefix("Parser error: "))
+        .unwrap_or(&s)
+        .to_string()
+}
+
+fn type_reason(e: &ArrowError) -> String {
+    let s = strip_prefix(e);
+    if let Some(field) =
+        s.strip_prefix("Encountered unmasked nulls in non-nullable StructArray child: ")
+    {
+        let name = field.split('"').nth(1).unwrap_or(field).to_string();
+        return format!("missing required field `{name}` (or it is null)");
+    }
+    format!("schema violation: {s}")
+}
+
+/// Join the decoded parts and add the metadata columns of the good messages, in message order.
+fn assemble(
+    messages: &[Message],
+    parts: &[RecordBatch],
+    good: &[usize],
+) -> Result<RecordBatch, ArrowError> {
+    let record = concat_batches(&transaction_schema(), parts)?;
+    // Segments are decoded in message order and bisection keeps order, so `good` ascends and
+    // matches the concatenated rows one to one.
+    debug_assert!(good.windows(2).all(|w| w[0] < w[1]));
+    let good: Vec<&Message> = good.iter().map(|&i| &messages[i]).collect();
+    let topics: StringArray = good.iter().map(|m| Some(&*m.topic)).collect();
+    let partitions: Int32Array = good.iter().map(|m| Some(m.partition)).collect();
+    let offsets: Int64Array = good.iter().map(|m| Some(m.offset)).collect();
+    let ts: TimestampMillisecondArray = good.iter().map(|m| m.timestamp_ms).collect();
+    let mut columns: Vec<ArrayRef> = record.columns().to_vec();
+    columns.push(Arc::new(topics));
+    columns.push(Arc::new(partitions));
+    columns.push(Arc::new(offsets));
+    columns.push(Arc::new(ts.with_timezone("UTC")));
+    RecordBatch::try_new(source_schema(), columns)
+}
+
+#[cfg(test)]
+mod tests;

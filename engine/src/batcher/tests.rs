@@ -1,0 +1,162 @@
+use super::*;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+
+fn good_json(i: i64) -> String {
+    format!(
+        r#"{{"transaction_id":"00000000-0000-4000-8000-{i:012}","sold_at":"2026-11-27T14:{:02}:{:02}.123Z","dealer_id":"D0001","dealer_city":"Austin","dealer_state":"TX","brand":"Toyota","model":"Camry","model_year":2026,"body_type":"sedan","fuel_type":"hybrid","color":"white","condition":"new","mileage_km":12,"price":31999.99,"currency":"USD","payment_method":"loan","customer_age":{},"salesperson_id":"D0001-S01","status":"completed"}}"#,
+        (i / 60) % 60,
+        i % 60,
+        if i % 7 == 0 {
+            "null".to_string()
+        } else {
+            (20 + i % 50).to_string()
+        }
+    )
+}
+
+fn msg(offset: i64, payload: Option<Vec<u8>>) -> Message {
+    Message {
+        topic: Arc::from("t"),
+        partition: (offset % 3) as i32,
+        offset,
+        timestamp_ms: Some(1_000 + offset),
+        payload,
+    }
+}
+
+fn good(offset: i64) -> Message {
+    msg(offset, Some(good_json(offset).into_bytes()))
+}
+
+#[test]
+fn a_clean_batch_decodes_in_one_pass_with_metadata() {
+    let messages: Vec<Message> = (0..1000).map(good).collect();
+    let out = decode_batch(&messages, 1 << 20).unwrap();
+    assert!(out.dead_letters.is_empty());
+    assert_eq!(out.rows.num_rows(), 1000);
+    assert_eq!(out.rows.schema(), source_schema());
+    let offsets = out
+        .rows
+        .column_by_name("_offset")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!(offsets.values().to_vec(), (0..1000).collect::<Vec<i64>>());
+    let price = out.rows.column_by_name("price").unwrap();
+    assert_eq!(
+        arrow::util::display::array_value_to_string(price, 5).unwrap(),
+        "31999.99"
+    );
+    let age = out.rows.column_by_name("customer_age").unwrap();
+    assert!(age.is_null(0) && !age.is_null(1));
+}
+
+fn reasons_for(bad: Vec<(&str, Option<Vec<u8>>)>) -> Vec<(String, String)> {
+    // Interleave each bad message between good ones so neighbours must survive.
+    let mut messages = Vec::new();
+    let mut offset = 0;
+    for (_, payload) in &bad {
+        messages.push(good(offset));
+        messages.push(msg(offset + 1, payload.clone()));
+        offset += 2;
+    }
+    messages.push(good(offset));
+    let out = decode_batch(&messages, 4096).unwrap();
+    assert_eq!(
+        out.rows.num_rows(),
+        bad.len() + 1,
+        "every good message survives"
+    );
+    let offsets = out
+        .rows
+        .column_by_name("_offset")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert!(
+        offsets.values().iter().all(|o| o % 2 == 0),
+        "only good rows are rows"
+    );
+    assert_eq!(out.dead_letters.len(), bad.len());
+    let mut dead = out.dead_letters.clone();
+    dead.sort_by_key(|d| d.offset);
+    dead.iter()
+        .zip(&bad)
+        .map(|(d, (name, _))| {
+            assert_eq!(d.topic.as_ref(), "t");
+            assert_eq!(d.partition, (d.offset % 3) as i32);
+            (name.to_string(), d.reason.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn each_kind_of_bad_message_is_a_dead_letter_with_its_reason() {
+    let missing_price = good_json(1).replace(r#""price":31999.99,"#, "");
+    let wrong_type = good_json(1).replace(r#""model_year":2026"#, r#""model_year":"twenty""#);
+    let bad_time = good_json(1).replace("2026-11-27T14", "yesterday afternoon");
+    let mut invalid_utf8 = good_json(1).into_bytes();
+    invalid_utf8[40] = 0xff;
+    let two = format!("{}{}", good_json(1), good_json(2));
+    let truncated = good_json(1)[..100].to_string();
+    let cases: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("broken", Some(b"{\"transaction_id\": oops}".to_vec())),
+        ("truncated", Some(truncated.into_bytes())),
+        ("wrong_type", Some(wrong_type.into_bytes())),
+        ("missing", Some(missing_price.into_bytes())),
+        ("utf8", Some(invalid_utf8)),
+        ("two", Some(two.into_bytes())),
+        ("none", None),
+        ("blank", Some(b"   ".to_vec())),
+        ("array", Some(b"[1,2,3]".to_vec())),
+        ("oversize", Some(vec![b' '; 5000])),
+        ("bad_time", Some(bad_time.into_bytes())),
+    ];
+    let reasons = reasons_for(cases);
+    let expect = [
+        ("broken", "malformed JSON"),
+        ("truncated", "incomplete"),
+        ("wrong_type", "model_year"),
+        ("missing", "missing required field `price`"),
+        ("utf8", "invalid UTF-8 at byte 40"),
+        ("two", "2 JSON values"),
+        ("none", "null"),
+        ("blank", "no JSON object"),
+        ("array", "schema violation"),
+        ("oversize", "exceeds max_message_bytes"),
+        ("bad_time", "sold_at"),
+    ];
+    for (name, reason) in &reasons {
+        println!("{name:>10}: {reason}");
+    }
+    for ((name, reason), (want_name, want)) in reasons.iter().zip(expect) {
+        assert_eq!(name, want_name);
+        assert!(
+            reason.contains(want),
+            "{name}: reason {reason:?} lacks {want:?}"
+        );
+    }
+}
+
+#[test]
+fn many_bad_messages_in_one_batch_keep_every_good_one() {
+    let messages: Vec<Message> = (0..2000)
+        .map(|i| match i % 10 {
+            3 => msg(i, Some(b"{not json".to_vec())),
+            7 => msg(
+                i,
+                Some(good_json(i).replace("2026,", "\"x\",").into_bytes()),
+            ),
+            _ => good(i),
+        })
+        .collect();
+    let out = decode_batch(&messages, 1 << 20).unwrap();
+    assert_eq!(out.rows.num_rows(), 1600);
+    assert_eq!(out.dead_letters.len(), 400);
+    let offsets = out
+        .rows
+        .column_by_name("_offset")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert!(offsets.values().windows(2).all(|w| w[0] < w[1]));
+    assert!(offsets.values().iter().all(|o| o % 10 != 3 && o % 10 != 7));
+}

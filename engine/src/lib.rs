@@ -1,0 +1,18 @@
+//! carflow's engine: Kafka (or an in-process generator) → Arrow micro-batches → SQL transforms
+//! (DataFusion) → a Hive-partitioned Parquet lake and InfluxDB line protocol.
+//!
+//! The pieces, in the order data flows through them: [`source`] hands out raw messages;
+//! [`batcher`] closes them into bounded micro-batches and decodes them against [`schema`], with
+//! bad messages as dead letters; [`transform`] runs every SQL file of the queries directory;
+//! [`sink`] writes the lake (with [`checkpoint`], the offset ledger kept beside the data) and
+//! InfluxDB; [`pipeline`] ties them together and commits offsets only once every sink is durable.
+
+#![warn(missing_docs)]
+
+pub mod batcher;
+pub mod checkpoint;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod storage;
+pub mod transform;

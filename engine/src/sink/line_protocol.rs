@@ -1,0 +1,311 @@
+//! InfluxDB line protocol: a pure encoder from Arrow rows to points.
+//!
+//! The mapping is fixed and checked when a query is loaded ([`PointMapping::from_schema`]): the
+//! column named `time` is the point's timestamp (written in milliseconds); string columns are tags;
+//! integer, float, decimal and boolean columns are fields. Anything else is refused with the
+//! column's name and what to do instead. Escaping follows the line-protocol reference: commas,
+//! spaces and equals signs in measurement names, tag keys, tag values and field keys are escaped
+//! with a backslash; a backslash that would otherwise escape one of them is doubled. Null tags and
+//! fields are left out of their point; a row whose fields are all null produces no point.
+
+use std::fmt::Write as _;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
+    SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow::util::display::array_value_to_string;
+
+/// The name of the timestamp column of an Influx query.
+pub const TIME_COLUMN: &str = "time";
+
+/// Errors in mapping a query's columns to points.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// No `time` column.
+    #[error(
+        "an influx query needs a timestamp column named `time` (e.g. `date_bin(INTERVAL '1 minute', sold_at) AS time`)"
+    )]
+    NoTime,
+    /// `time` is not a timestamp.
+    #[error("column `time` has type {0}; it must be a timestamp")]
+    TimeNotTimestamp(DataType),
+    /// A column type InfluxDB cannot hold.
+    #[error(
+        "column `{name}` has type {data_type}, which InfluxDB cannot store: cast it to a string (a tag) or to a number or boolean (a field)"
+    )]
+    Unsupported {
+        /// Column name.
+        name: String,
+        /// Its type.
+        data_type: DataType,
+    },
+    /// Only tags.
+    #[error(
+        "an influx query needs at least one numeric or boolean column (a field); it has only tags"
+    )]
+    NoFields,
+}
+
+/// Which column plays which part in a point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointMapping {
+    time: usize,
+    /// Tag columns, sorted by tag key (InfluxDB's preferred order).
+    tags: Vec<(usize, String)>,
+    fields: Vec<(usize, String)>,
+}
+
+enum Role {
+    Tag,
+    Field,
+}
+
+fn role(data_type: &DataType) -> Option<Role> {
+    match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(Role::Tag),
+        DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::LargeUtf8) => {
+            Some(Role::Tag)
+        }
+        DataType::Boolean | DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => {
+            Some(Role::Field)
+        }
+        d if d.is_integer() => Some(Role::Field),
+        _ => None,
+    }
+}
+
+impl PointMapping {
+    /// Decide the role of every column of `schema`, or say why the schema cannot be points.
+    pub fn from_schema(schema: &SchemaRef) -> Result<Self, MappingError> {
+        let time = schema
+            .index_of(TIME_COLUMN)
+            .map_err(|_| MappingError::NoTime)?;
+        match schema.field(time).data_type() {
+            DataType::Timestamp(_, _) => {}
+            other => return Err(MappingError::TimeNotTimestamp(other.clone())),
+        }
+        let (mut tags, mut fields) = (Vec::new(), Vec::new());
+        for (i, f) in schema.fields().iter().enumerate() {
+            if i == time {
+                continue;
+            }
+            match role(f.data_type()) {
+                Some(Role::Tag) => tags.push((i, escape_key(f.name()))),
+                Some(Role::Field) => fields.push((i, escape_key(f.name()))),
+                None => {
+                    return Err(MappingError::Unsupported {
+                        name: f.name().clone(),
+                        data_type: f.data_type().clone(),
+                    });
+                }
+            }
+        }
+        if fields.is_empty() {
+            return Err(MappingError::NoFields);
+        }
+        tags.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(Self { time, tags, fields })
+    }
+
+    /// Names of the tag columns, in the order they are written.
+    pub fn tag_columns<'a>(&self, schema: &'a SchemaRef) -> Vec<&'a str> {
+        self.tags
+            .iter()
+            .map(|(i, _)| schema.field(*i).name().as_str())
+            .collect()
+    }
+}
+
+/// Escape a measurement name: commas and spaces.
+pub fn escape_measurement(s: &str) -> String {
+    escape(s, &[',', ' '])
+}
+
+/// Escape a tag key, tag value or field key: commas, equals signs and spaces.
+pub fn escape_key(s: &str) -> String {
+    escape(s, &[',', '=', ' '])
+}
+
+fn escape(s: &str, special: &[char]) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if special.contains(&c) {
+            out.push('\\');
+            out.push(c);
+        } else if c == '\n' {
+            out.push_str("\\n");
+        } else if c == '\\' {
+            // A backslash before a special character or at the end would escape what follows.
+            let next = chars.peek();
+            out.push('\\');
+            if next.is_none_or(|n| special.contains(n)) {
+                out.push('\\');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Escape a string field value: double quotes and backslashes.
+pub fn escape_string_field(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Timestamp of row `i` in milliseconds, or `None` when null.
+fn time_ms(col: &ArrayRef, i: usize) -> Option<i64> {
+    if col.is_null(i) {
+        return None;
+    }
+    Some(match col.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            col.as_primitive::<TimestampSecondType>().value(i) * 1000
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            col.as_primitive::<TimestampMillisecondType>().value(i)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => col
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(i)
+            .div_euclid(1000),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => col
+            .as_primitive::<TimestampNanosecondType>()
+            .value(i)
+            .div_euclid(1_000_000),
+        _ => return None,
+    })
+}
+
+/// Write the value of a decimal with `scale` digits after the point.
+fn write_decimal(out: &mut String, v: i128, scale: i8) {
+    if scale <= 0 {
+        let _ = write!(out, "{}", v * 10i128.pow(scale.unsigned_abs() as u32));
+        return;
+    }
+    let p = 10i128.pow(scale as u32);
+    let sign = if v < 0 { "-" } else { "" };
+    let (int, frac) = ((v / p).unsigned_abs(), (v % p).unsigned_abs());
+    let _ = write!(out, "{sign}{int}.{frac:0width$}", width = scale as usize);
+}
+
+/// Append field `key=value` for row `i`; false when the value is null or not representable.
+fn write_field(out: &mut String, key: &str, col: &ArrayRef, i: usize) -> bool {
+    if col.is_null(i) {
+        return false;
+    }
+    let start = out.len();
+    out.push_str(key);
+    out.push('=');
+    let ok = match col.data_type() {
+        DataType::Boolean => {
+            out.push_str(if col.as_boolean().value(i) {
+                "true"
+            } else {
+                "false"
+            });
+            true
+        }
+        DataType::Int8 => int(out, col.as_primitive::<Int8Type>().value(i) as i64),
+        DataType::Int16 => int(out, col.as_primitive::<Int16Type>().value(i) as i64),
+        DataType::Int32 => int(out, col.as_primitive::<Int32Type>().value(i) as i64),
+        DataType::Int64 => int(out, col.as_primitive::<Int64Type>().value(i)),
+        DataType::UInt8 => int(out, col.as_primitive::<UInt8Type>().value(i) as i64),
+        DataType::UInt16 => int(out, col.as_primitive::<UInt16Type>().value(i) as i64),
+        DataType::UInt32 => int(out, col.as_primitive::<UInt32Type>().value(i) as i64),
+        DataType::UInt64 => match i64::try_from(col.as_primitive::<UInt64Type>().value(i)) {
+            Ok(v) => int(out, v),
+            Err(_) => false,
+        },
+        DataType::Float32 => float(out, col.as_primitive::<Float32Type>().value(i) as f64),
+        DataType::Float64 => float(out, col.as_primitive::<Float64Type>().value(i)),
+        DataType::Decimal128(_, scale) => {
+            write_decimal(out, col.as_primitive::<Decimal128Type>().value(i), *scale);
+            true
+        }
+        _ => false,
+    };
+    if !ok {
+        out.truncate(start);
+    }
+    ok
+}
+
+fn int(out: &mut String, v: i64) -> bool {
+    let _ = write!(out, "{v}i");
+    true
+}
+
+fn float(out: &mut String, v: f64) -> bool {
+    if !v.is_finite() {
+        return false;
+    }
+    let _ = write!(out, "{v}");
+    true
+}
+
+/// Encode every row of `batch` as a point of `measurement`, appending lines to `out`.
+///
+/// Returns how many points were written. Rows with a null `time` or only null fields are skipped.
+pub fn encode_batch(
+    measurement: &str,
+    mapping: &PointMapping,
+    batch: &RecordBatch,
+    out: &mut String,
+) -> usize {
+    let measurement = escape_measurement(measurement);
+    let time = batch.column(mapping.time);
+    let mut points = 0;
+    for i in 0..batch.num_rows() {
+        let Some(ts) = time_ms(time, i) else { continue };
+        let line_start = out.len();
+        out.push_str(&measurement);
+        for (c, key) in &mapping.tags {
+            let col = batch.column(*c);
+            if col.is_null(i) {
+                continue;
+            }
+            let Ok(value) = array_value_to_string(col, i) else {
+                continue;
+            };
+            if value.is_empty() {
+                continue;
+            }
+            out.push(',');
+            out.push_str(key);
+            out.push('=');
+            out.push_str(&escape_key(&value));
+        }
+        let mut sep = ' ';
+        for (c, key) in &mapping.fields {
+            let mark = out.len();
+            out.push(sep);
+            if write_field(out, key, batch.column(*c), i) {
+                sep = ',';
+            } else {
+                out.truncate(mark);
+            }
+        }
+        if sep == ' ' {
+            out.truncate(line_start);
+            continue;
+        }
+        let _ = writeln!(out, " {ts}");
+        points += 1;
+    }
+    points
+}
+
+#[cfg(test)]
+mod tests;

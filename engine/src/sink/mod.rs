@@ -1,0 +1,3 @@
+//! Sinks: the Parquet lake and InfluxDB.
+
+pub mod line_protocol;

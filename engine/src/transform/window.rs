@@ -1,0 +1,219 @@
+//! Which event-time window an Influx query aggregates over, read from its logical plan.
+//!
+//! An Influx query that aggregates must group by a fixed-width window of an event-time column and
+//! name it `time`: `date_bin(INTERVAL '1 minute', sold_at) AS time` or
+//! `date_trunc('minute', sold_at) AS time`. Knowing the window lets the engine keep the rows of
+//! every open window and rewrite each touched window's whole aggregate after every batch, so a
+//! point is right however many batches its window spans. A query without aggregation maps rows
+//! to points one to one and needs no window.
+
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
+use datafusion::scalar::ScalarValue;
+
+use crate::sink::line_protocol::TIME_COLUMN;
+
+/// A fixed-width event-time window: `[origin + k·width, origin + (k+1)·width)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WindowSpec {
+    /// The event-time column of `transactions` the window is taken over.
+    pub column: String,
+    /// Window width in milliseconds.
+    pub width_ms: i64,
+    /// Alignment origin in milliseconds since the epoch.
+    pub origin_ms: i64,
+}
+
+impl WindowSpec {
+    /// Start of the window holding `t_ms`.
+    pub fn start_of(&self, t_ms: i64) -> i64 {
+        self.origin_ms + (t_ms - self.origin_ms).div_euclid(self.width_ms) * self.width_ms
+    }
+}
+
+/// How an Influx query relates rows to points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Windowing {
+    /// No aggregation: each batch's rows map to points directly.
+    PerRow,
+    /// Aggregation over a window: points are rewritten whole as their window fills.
+    Windowed(WindowSpec),
+}
+
+const HOW: &str = "group by a window of an event-time column and name it `time`, e.g. \
+    `SELECT date_bin(INTERVAL '1 minute', sold_at) AS time, brand, count(*) AS sales \
+    FROM transactions GROUP BY 1, 2`";
+
+/// Find the window of an Influx query, or say what is wrong with the query.
+pub fn analyze(plan: &LogicalPlan) -> Result<Windowing, String> {
+    let projection = find_projection(plan).ok_or("the query has no SELECT list")?;
+    let idx = projection
+        .schema
+        .fields()
+        .iter()
+        .position(|f| f.name() == TIME_COLUMN)
+        .ok_or_else(|| format!("an influx query needs a column named `time`: {HOW}"))?;
+    let time_expr = unalias(&projection.expr[idx]);
+    let Some(aggregate) = find_aggregate(&projection.input) else {
+        return Ok(Windowing::PerRow);
+    };
+    let group = match time_expr {
+        Expr::Column(c) => aggregate
+            .schema
+            .fields()
+            .iter()
+            .take(aggregate.group_expr.len())
+            .position(|f| f.name() == &c.name)
+            .map(|i| unalias(&aggregate.group_expr[i])),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`time` must be one of the GROUP BY expressions: {HOW}"))?;
+    window_of(group).map(Windowing::Windowed)
+}
+
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
+}
+
+fn find_projection(plan: &LogicalPlan) -> Option<&Projection> {
+    match plan {
+        LogicalPlan::Projection(p) => Some(p),
+        other => match other.inputs().as_slice() {
+            [only] => find_projection(only),
+            _ => None,
+        },
+    }
+}
+
+fn find_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
+    match plan {
+        LogicalPlan::Aggregate(a) => Some(a),
+        LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
+            match plan.inputs().as_slice() {
+                [only] => find_aggregate(only),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn column_name(e: &Expr) -> Option<String> {
+    match unalias(e) {
+        Expr::Column(c) => Some(c.name.clone()),
+        Expr::Cast(c) => column_name(&c.expr),
+        _ => None,
+    }
+}
+
+fn literal(e: &Expr) -> Option<&ScalarValue> {
+    match unalias(e) {
+        Expr::Literal(v, _) => Some(v),
+        Expr::Cast(c) => literal(&c.expr),
+        _ => None,
+    }
+}
+
+fn interval_ms(v: &ScalarValue) -> Option<i64> {
+    let ms = match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            i64::from(i.days) * 86_400_000 + i.nanoseconds / 1_000_000
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            i64::from(i.days) * 86_400_000 + i64::from(i.milliseconds)
+        }
+        _ => return None,
+    };
+    (ms > 0).then_some(ms)
+}
+
+fn timestamp_ms(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::TimestampSecond(Some(s), _) => Some(s * 1000),
+        ScalarValue::TimestampMillisecond(Some(s), _) => Some(*s),
+        ScalarValue::TimestampMicrosecond(Some(s), _) => Some(s.div_euclid(1000)),
+        ScalarValue::TimestampNanosecond(Some(s), _) => Some(s.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
+fn window_of(group: &Expr) -> Result<WindowSpec, String> {
+    let Expr::ScalarFunction(f) = group else {
+        return Err(format!("`time` is not a window: {HOW}"));
+    };
+    let args = &f.args;
+    let column = args
+        .get(1)
+        .and_then(column_name)
+        .ok_or_else(|| format!("the window must be taken over a column of transactions: {HOW}"))?;
+    match f.func.name() {
+        "date_bin" => {
+            let width_ms = args.first().and_then(literal).and_then(interval_ms).ok_or(
+                "date_bin needs a fixed interval literal of whole milliseconds (no months), \
+                 e.g. INTERVAL '1 minute'",
+            )?;
+            let origin_ms = match args.get(2) {
+                None => 0,
+                Some(o) => literal(o).and_then(timestamp_ms).ok_or(
+                    "the origin of date_bin must be a timestamp literal, e.g. TIMESTAMP '2000-01-01T00:00:00Z'",
+                )?,
+            };
+            Ok(WindowSpec {
+                column,
+                width_ms,
+                origin_ms,
+            })
+        }
+        "date_trunc" => {
+            let unit = args.first().and_then(literal).and_then(|v| match v {
+                ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+                    Some(s.to_lowercase())
+                }
+                _ => None,
+            });
+            let width_ms = match unit.as_deref() {
+                Some("second") => 1_000,
+                Some("minute") => 60_000,
+                Some("hour") => 3_600_000,
+                Some("day") => 86_400_000,
+                other => {
+                    return Err(format!(
+                        "date_trunc unit {other:?} is not a fixed width; use second, minute, hour or day, \
+                         or date_bin(INTERVAL '…', {column})"
+                    ));
+                }
+            };
+            Ok(WindowSpec {
+                column,
+                width_ms,
+                origin_ms: 0,
+            })
+        }
+        other => Err(format!("`time` is {other}(…), not a window: {HOW}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_align_to_their_origin() {
+        let w = WindowSpec {
+            column: "t".into(),
+            width_ms: 60_000,
+            origin_ms: 0,
+        };
+        assert_eq!(w.start_of(119_999), 60_000);
+        assert_eq!(w.start_of(120_000), 120_000);
+        assert_eq!(w.start_of(-1), -60_000);
+        let shifted = WindowSpec {
+            origin_ms: 15_000,
+            ..w
+        };
+        assert_eq!(shifted.start_of(70_000), 15_000);
+        assert_eq!(shifted.start_of(80_000), 75_000);
+    }
+}
