@@ -11,8 +11,13 @@
 
 pub mod batcher;
 pub mod checkpoint;
+pub mod config;
+pub mod generator;
+pub mod metrics;
+pub mod retry;
 pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod storage;
 pub mod transform;
+pub mod windows;

@@ -1,0 +1,124 @@
+use super::*;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("carflow.toml");
+    std::fs::write(&path, text).unwrap();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load_with_env(Some(&path), |k| {
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+}
+
+#[test]
+fn an_empty_file_is_the_embedded_default() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.source, SourceKind::Generator);
+    assert_eq!(c.batch.linger.0, Duration::from_secs(1));
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let c = load(
+        "source = \"kafka\"\n[batch]\nmax_rows = 5\n[kafka]\nbrokers = \"file:9092\"\n",
+        &[
+            ("CARFLOW_BATCH_MAX_ROWS", "7"),
+            ("CARFLOW_KAFKA_BROKERS", "127.0.0.1:9092"),
+            ("CARFLOW_INFLUX_TOKEN", "admin:s3cret"),
+            ("CARFLOW_BATCH_LINGER", "250ms"),
+            ("CARFLOW_QUERIES_RELOAD", "false"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.batch.max_rows, 7);
+    assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+    assert_eq!(c.batch.linger.0, Duration::from_millis(250));
+    assert!(!c.queries.reload);
+    assert_eq!(c.influx.token.0, "admin:s3cret");
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cret"), "secrets never show in Debug");
+    assert!(!c.to_redacted_toml().contains("s3cret"));
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable_and_key() {
+    let err = load("", &[("CARFLOW_BATCH_MAX_ROWS", "lots")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("batch.max_rows") && err.contains("CARFLOW_BATCH_MAX_ROWS"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_with_where_they_are() {
+    let err = load("[batch]\nmax_rowz = 10\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_rowz") && err.contains("max_rows"),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key_and_fix() {
+    let err = load(
+        "source = \"kafka\"\n[batch]\nmax_rows = 0\nlinger = \"0s\"\n[kafka]\nbrokers = \"\"\n[lake]\nroot = \"s3://b/x\"\n[influx]\nurl = \"localhost:8086\"\n",
+        &[],
+    )
+    .unwrap_err();
+    let ConfigError::Invalid(problems) = &err else {
+        panic!("{err}")
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "batch.max_rows",
+            "batch.linger",
+            "kafka.brokers",
+            "lake.root",
+            "influx.url"
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("5 problems") && text.contains("http://127.0.0.1:8086"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_api_beyond_loopback_needs_a_token() {
+    let err = load("[api]\nlisten = \"0.0.0.0:8080\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("api.token") && err.contains("CARFLOW_API_TOKEN"),
+        "{err}"
+    );
+    assert!(load("[api]\nlisten = \"0.0.0.0:8080\"\ntoken = \"t\"\n", &[]).is_ok());
+}
+
+#[test]
+fn durations_read_and_print_like_people_write_them() {
+    for (s, ms) in [
+        ("250ms", 250),
+        ("1s", 1000),
+        ("1.5s", 1500),
+        ("4m", 240_000),
+        ("1h", 3_600_000),
+    ] {
+        assert_eq!(HumanDuration::parse(s).unwrap().0.as_millis(), ms);
+    }
+    assert_eq!(HumanDuration(Duration::from_secs(240)).to_string(), "4m");
+    assert!(HumanDuration::parse("soon").unwrap_err().contains("500ms"));
+    assert!(HumanDuration::parse("5 parsecs").is_err());
+}

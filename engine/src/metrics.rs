@@ -1,0 +1,285 @@
+//! The engine's metrics (Prometheus text at `/metrics`) and health (`/health`).
+//!
+//! Metrics are counted per batch, never per row, and labels stay low-cardinality (sink kind and
+//! target name, which come from the SQL files). [`serve`] runs the tiny HTTP endpoint on a
+//! loopback address by default.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+
+/// Labels of per-sink counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// `lake` or `influx`.
+    pub sink: String,
+    /// Dataset or measurement.
+    pub target: String,
+}
+
+/// Labels of per-sink error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkKind {
+    /// `lake`, `influx` or `source`.
+    pub sink: String,
+}
+
+/// Every metric the engine keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages consumed.
+    pub records_in: Counter,
+    /// Bytes of payload consumed.
+    pub bytes_in: Counter,
+    /// Rows written, by sink and target.
+    pub rows_out: Family<SinkLabels, Counter>,
+    /// Messages sent to dead letters.
+    pub dead_letters: Counter,
+    /// Rows too late for their window (kept in the lake, not in Influx).
+    pub late_rows: Counter,
+    /// Messages replayed after a restart that the lake already held (skipped there).
+    pub replayed: Counter,
+    /// Batches processed.
+    pub batches: Counter,
+    /// Seconds from a batch's close to its commit.
+    pub batch_seconds: Histogram,
+    /// Messages behind the end of the assigned partitions.
+    pub consumer_lag: Gauge,
+    /// Rows held for open windows.
+    pub window_rows: Gauge,
+    /// Windows closed early because `windows.max_rows` was reached.
+    pub windows_closed_early: Counter,
+    /// Failed sink or source attempts (each retry counts).
+    pub errors: Family<SinkKind, Counter>,
+    /// Influx points InfluxDB refused as bad data.
+    pub influx_rejected: Counter,
+    /// Query files refused (at start or reload).
+    pub query_errors: Counter,
+    /// Transforms running.
+    pub transforms: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, registered under `carflow_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("carflow");
+        let m = Self {
+            records_in: Counter::default(),
+            bytes_in: Counter::default(),
+            rows_out: Family::default(),
+            dead_letters: Counter::default(),
+            late_rows: Counter::default(),
+            replayed: Counter::default(),
+            batches: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            consumer_lag: Gauge::default(),
+            window_rows: Gauge::default(),
+            windows_closed_early: Counter::default(),
+            errors: Family::default(),
+            influx_rejected: Counter::default(),
+            query_errors: Counter::default(),
+            transforms: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_in",
+            "Messages consumed from the source",
+            m.records_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Payload bytes consumed from the source",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "rows_out",
+            "Rows written, by sink and target",
+            m.rows_out.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages that did not decode, sent to dead letters",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "late_rows",
+            "Rows later than the allowed lateness (in the lake, not in Influx)",
+            m.late_rows.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Replayed messages the lake already held",
+            m.replayed.clone(),
+        );
+        registry.register("batches", "Micro-batches committed", m.batches.clone());
+        registry.register(
+            "batch_duration_seconds",
+            "Time from a batch's close to its commit",
+            m.batch_seconds.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Messages behind the end of the assigned partitions",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "window_rows",
+            "Rows held for open event-time windows",
+            m.window_rows.clone(),
+        );
+        registry.register(
+            "windows_closed_early",
+            "Windows closed before their time because windows.max_rows was reached",
+            m.windows_closed_early.clone(),
+        );
+        registry.register(
+            "errors",
+            "Failed attempts of a sink or the source (each retry counts)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "influx_rejected",
+            "Influx writes refused by the server as bad data",
+            m.influx_rejected.clone(),
+        );
+        registry.register(
+            "query_errors",
+            "Query files refused at start or reload",
+            m.query_errors.clone(),
+        );
+        registry.register("transforms", "Transforms running", m.transforms.clone());
+        Self { registry, ..m }
+    }
+
+    /// Count a failed attempt of `sink`.
+    pub fn error(&self, sink: &str) {
+        self.errors
+            .get_or_create(&SinkKind { sink: sink.into() })
+            .inc();
+    }
+
+    /// Count rows written to a sink target.
+    pub fn rows(&self, sink: &str, target: &str, n: u64) {
+        self.rows_out
+            .get_or_create(&SinkLabels {
+                sink: sink.into(),
+                target: target.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What `/health` reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    last_commit_ms: AtomicI64,
+    problem: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// A batch was committed.
+    pub fn committed(&self) {
+        self.last_commit_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.set_problem(None);
+    }
+
+    /// Something is wrong (a sink down); `None` clears it.
+    pub fn set_problem(&self, p: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    /// The health document and whether it is healthy.
+    pub fn report(&self) -> (bool, serde_json::Value) {
+        let problem = self
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let last = self.last_commit_ms.load(Ordering::Relaxed);
+        let doc = serde_json::json!({
+            "status": if problem.is_none() { "ok" } else { "degraded" },
+            "problem": problem,
+            "last_commit_ms": if last == 0 { None } else { Some(last) },
+        });
+        (problem.is_none(), doc)
+    }
+}
+
+/// Serve `/metrics` and `/health` on `addr` until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let m = warp::path!("metrics").map(move || {
+        warp::http::Response::builder()
+            .header(
+                warp::http::header::CONTENT_TYPE,
+                warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )
+            .body(metrics.encode())
+            .unwrap_or_default()
+    });
+    let h = warp::path!("health").map(move || {
+        let (ok, doc) = health.report();
+        let code = if ok {
+            warp::http::StatusCode::OK
+        } else {
+            warp::http::StatusCode::SERVICE_UNAVAILABLE
+        };
+        warp::reply::with_status(warp::reply::json(&doc), code)
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        warp::serve(m.or(h))
+            .incoming(listener)
+            .graceful(shutdown.cancelled_owned())
+            .run()
+            .await;
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_as_prometheus_text() {
+        let m = Metrics::new();
+        m.records_in.inc_by(3);
+        m.rows("lake", "cars", 2);
+        let text = m.encode();
+        assert!(text.contains("carflow_records_in_total 3"), "{text}");
+        assert!(
+            text.contains("carflow_rows_out_total{sink=\"lake\",target=\"cars\"} 2"),
+            "{text}"
+        );
+    }
+}
