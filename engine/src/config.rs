@@ -285,6 +285,24 @@ impl Default for InfluxConfig {
     }
 }
 
+impl InfluxConfig {
+    /// Where points go: the server when `url` is set, else the file.
+    pub fn target(&self) -> crate::sink::influx::InfluxTarget {
+        use crate::sink::influx::InfluxTarget;
+        if self.url.is_empty() {
+            InfluxTarget::File(self.file.clone())
+        } else {
+            InfluxTarget::Http {
+                url: self.url.clone(),
+                org: self.org.clone(),
+                bucket: self.bucket.clone(),
+                token: self.token.0.clone(),
+                timeout: self.timeout.0,
+            }
+        }
+    }
+}
+
 /// `[windows]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

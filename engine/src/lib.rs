@@ -10,10 +10,12 @@
 #![warn(missing_docs)]
 
 pub mod batcher;
+pub mod catalog;
 pub mod checkpoint;
 pub mod config;
 pub mod generator;
 pub mod metrics;
+pub mod pipeline;
 pub mod retry;
 pub mod schema;
 pub mod sink;

@@ -244,6 +244,21 @@ impl WindowStore {
         (by_watermark, early)
     }
 
+    /// Windows ending at or before this are closed (what a commit records).
+    pub fn closed_before(&self) -> Option<i64> {
+        self.closed_before
+    }
+
+    /// Restore the closed boundary committed before a restart: windows ending at or before
+    /// `boundary` stay closed, so replayed rows for them are late, not a partial rewrite.
+    pub fn restore_closed(&mut self, boundary: i64) {
+        self.closed_before = Some(self.closed_before.map_or(boundary, |c| c.max(boundary)));
+        let open = self.windows.split_off(&(boundary - self.spec.width_ms + 1));
+        for w in std::mem::replace(&mut self.windows, open).into_values() {
+            self.rows -= w.rows;
+        }
+    }
+
     /// The lowest offset of `tp` still held, if any.
     pub fn low_water(&self, tp: &TopicPartition) -> Option<i64> {
         self.windows

@@ -6,8 +6,9 @@
 //! [`kafka::KafkaSource`] (a consumer group on real Kafka). The micro-batcher
 //! ([`crate::batcher`]) turns the message stream into bounded batches.
 
-// pub mod generator;
+pub mod generator;
 // pub mod kafka;
+pub mod memory;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,5 +92,10 @@ pub trait Source: Send {
     /// Ownership changes since the last call (consumer-group rebalances).
     fn take_events(&mut self) -> Vec<SourceEvent> {
         Vec::new()
+    }
+
+    /// Messages between the current position and the end of the owned partitions, if known.
+    fn lag(&self) -> Option<i64> {
+        None
     }
 }

@@ -92,6 +92,8 @@ pub struct Transform {
     pub target: Target,
     /// The planned SELECT.
     pub plan: LogicalPlan,
+    /// The SELECT as SQL text (to run the same query elsewhere, e.g. over the lake).
+    pub select: String,
     /// Columns it outputs.
     pub schema: SchemaRef,
 }
@@ -177,6 +179,7 @@ impl Planner {
         };
         let parsed = parse_insert(sql).map_err(|(l, c, m)| at(l, c, m))?;
         let (line, col) = (parsed.line, parsed.column);
+        let select = parsed.query.to_string();
         let state = self.batch_ctx.state();
         let statement = DfStatement::Statement(Box::new(Statement::Query(parsed.query)));
         let plan = state.statement_to_plan(statement).await.map_err(|e| {
@@ -263,6 +266,7 @@ impl Planner {
             name,
             target,
             plan,
+            select,
             schema,
         })
     }
@@ -499,10 +503,10 @@ impl TransformSet {
             let meta = std::fs::metadata(&path)?;
             let stamp: Stamp = (meta.modified().ok(), meta.len());
             let known = self
-                .transforms
+                .refused
                 .get(&path)
-                .map(|(s, _)| *s)
-                .or(self.refused.get(&path).copied());
+                .copied()
+                .or_else(|| self.transforms.get(&path).map(|(s, _)| *s));
             if known == Some(stamp) {
                 continue;
             }

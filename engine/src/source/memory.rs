@@ -1,0 +1,76 @@
+//! [`MemorySource`]: a fixed list of messages as a source, for tests and benchmarks.
+//!
+//! Commits are recorded so a test can check what the pipeline made durable and when.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use super::{Message, PartitionCommit, Source, SourceError, SourceEvent};
+
+/// Messages served from memory, in order.
+#[derive(Debug, Default)]
+pub struct MemorySource {
+    queue: VecDeque<Message>,
+    /// Every commit call, in order.
+    pub commits: Vec<Vec<PartitionCommit>>,
+    metadata: HashMap<(String, i32), String>,
+    announced: HashSet<(Arc<str>, i32)>,
+}
+
+impl MemorySource {
+    /// A source that yields `messages` and then ends.
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self {
+            queue: messages.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The last committed position of each partition.
+    pub fn committed(&self) -> HashMap<(String, i32), i64> {
+        let mut out = HashMap::new();
+        for c in self.commits.iter().flatten() {
+            out.insert((c.topic.to_string(), c.partition), c.next_offset);
+        }
+        out
+    }
+}
+
+impl Source for MemorySource {
+    async fn next_message(&mut self) -> Result<Option<Message>, SourceError> {
+        Ok(self.queue.pop_front())
+    }
+
+    async fn commit(&mut self, commits: &[PartitionCommit]) -> Result<(), SourceError> {
+        for c in commits {
+            self.metadata
+                .insert((c.topic.to_string(), c.partition), c.metadata.clone());
+        }
+        self.commits.push(commits.to_vec());
+        Ok(())
+    }
+
+    async fn committed_metadata(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<String>, SourceError> {
+        Ok(self.metadata.get(&(topic.to_string(), partition)).cloned())
+    }
+
+    fn take_events(&mut self) -> Vec<SourceEvent> {
+        let new: Vec<_> = self
+            .queue
+            .iter()
+            .map(|m| (Arc::clone(&m.topic), m.partition))
+            .filter(|tp| !self.announced.contains(tp))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if new.is_empty() {
+            return Vec::new();
+        }
+        self.announced.extend(new.iter().cloned());
+        vec![SourceEvent::Assigned(new)]
+    }
+}

@@ -1,0 +1,2 @@
+-- expect: 2: a transform is an INSERT INTO
+SELECT * FROM transactions;

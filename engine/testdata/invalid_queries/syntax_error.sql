@@ -1,0 +1,3 @@
+-- expect: 3: Expected
+INSERT INTO lake.cars
+SELECT * FROM transactions WHERE price >;

@@ -1,0 +1,2 @@
+-- expect: 2: unknown sink namespace `postgres`
+INSERT INTO postgres.cars SELECT * FROM transactions;

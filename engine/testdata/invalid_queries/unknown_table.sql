@@ -1,0 +1,3 @@
+-- expect: 3: sales
+INSERT INTO lake.copy
+SELECT * FROM sales;
