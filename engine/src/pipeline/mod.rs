@@ -241,6 +241,11 @@ impl<S: Source> Pipeline<S> {
         &self.source
     }
 
+    /// Stop using the pipeline and take its source back.
+    pub fn into_source(self) -> S {
+        self.source
+    }
+
     /// The running transforms.
     pub fn transforms(&self) -> &TransformSet {
         &self.transforms

@@ -26,6 +26,22 @@ impl MemorySource {
         }
     }
 
+    /// Like a consumer restarting from committed positions: each partition starts at its last
+    /// committed offset, and that commit's metadata is what [`Source::committed_metadata`] gives.
+    pub fn resume(messages: Vec<Message>, commits: &[Vec<PartitionCommit>]) -> Self {
+        let mut metadata = HashMap::new();
+        let mut start: HashMap<(String, i32), i64> = HashMap::new();
+        for c in commits.iter().flatten() {
+            start.insert((c.topic.to_string(), c.partition), c.next_offset);
+            metadata.insert((c.topic.to_string(), c.partition), c.metadata.clone());
+        }
+        let queue = messages
+            .into_iter()
+            .filter(|m| m.offset >= start.get(&(m.topic.to_string(), m.partition)).copied().unwrap_or(0))
+            .collect();
+        Self { queue, metadata, ..Self::default() }
+    }
+
     /// The last committed position of each partition.
     pub fn committed(&self) -> HashMap<(String, i32), i64> {
         let mut out = HashMap::new();

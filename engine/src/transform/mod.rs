@@ -182,7 +182,7 @@ impl Planner {
         let select = parsed.query.to_string();
         let state = self.batch_ctx.state();
         let statement = DfStatement::Statement(Box::new(Statement::Query(parsed.query)));
-        let plan = state.statement_to_plan(statement).await.map_err(|e| {
+        let mut plan = state.statement_to_plan(statement.clone()).await.map_err(|e| {
             let (l, c) = error_location(&e, sql).unwrap_or((line, col));
             at(l, c, clean_message(&e))
         })?;
@@ -261,6 +261,15 @@ impl Planner {
                 ));
             }
         };
+        if matches!(target, Target::Influx { windowing: Windowing::Windowed(_), .. }) {
+            // Windowed queries read the open windows' rows: plan them against that table.
+            plan = self
+                .window_ctx
+                .state()
+                .statement_to_plan(statement)
+                .await
+                .map_err(|e| at(line, col, clean_message(&e)))?;
+        }
         Ok(Transform {
             file: file.to_path_buf(),
             name,

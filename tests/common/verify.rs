@@ -1,0 +1,146 @@
+//! Checks shared by the end-to-end tests: the lake as tables, line protocol as a map of points,
+//! and the points every Influx query should produce when run over the whole lake.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use carflow_engine::catalog::register_lake;
+use carflow_engine::sink::line_protocol::{PointMapping, encode_batch};
+use carflow_engine::storage::Location;
+use carflow_engine::transform::{Planner, Target, TransformSet};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::SessionContext;
+
+/// (measurement, sorted tags, time ms)
+pub type PointKey = (String, Vec<(String, String)>, i64);
+/// field → value (integers, floats and decimals as f64)
+pub type Fields = BTreeMap<String, f64>;
+/// Points by key.
+pub type Points = BTreeMap<PointKey, Fields>;
+
+/// Split on `sep` outside backslash escapes (InfluxDB's scanner).
+fn split(s: &str, sep: char) -> Vec<String> {
+    let (mut parts, mut cur, mut it) = (Vec::new(), String::new(), s.chars());
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            cur.push(c);
+            if let Some(n) = it.next() {
+                cur.push(n);
+            }
+        } else if c == sep {
+            parts.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    parts
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\,", ",").replace("\\=", "=").replace("\\ ", " ")
+}
+
+/// Parse line protocol; a later line for the same (series, time) replaces an earlier one, as in
+/// InfluxDB.
+pub fn parse_line_protocol(text: &str) -> Points {
+    let mut out = Points::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let sections = split(line, ' ');
+        assert_eq!(sections.len(), 3, "bad line: {line}");
+        let head = split(&sections[0], ',');
+        let measurement = unescape(&head[0]);
+        let mut tags: Vec<(String, String)> = head[1..]
+            .iter()
+            .map(|kv| {
+                let kv = split(kv, '=');
+                (unescape(&kv[0]), unescape(&kv[1]))
+            })
+            .collect();
+        tags.sort();
+        let mut fields = Fields::new();
+        for kv in split(&sections[1], ',') {
+            let kv = split(&kv, '=');
+            let v = kv[1].trim_end_matches('i');
+            let v = match v {
+                "true" => 1.0,
+                "false" => 0.0,
+                v => v.parse().unwrap_or_else(|_| panic!("field {kv:?} in {line}")),
+            };
+            fields.insert(unescape(&kv[0]), v);
+        }
+        let time: i64 = sections[2].parse().unwrap();
+        out.insert((measurement, tags, time), fields);
+    }
+    out
+}
+
+/// A context with every lake dataset as a table and `transactions` as a view of `cars`.
+pub async fn lake_context(root: &str) -> SessionContext {
+    let ctx = SessionContext::new();
+    let location = Location::open(root).unwrap();
+    register_lake(&ctx, &location).await.unwrap();
+    ctx.sql("CREATE VIEW transactions AS SELECT * FROM cars").await.unwrap();
+    ctx
+}
+
+/// Run a query and return its batches.
+pub async fn query(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
+    ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).collect().await.unwrap()
+}
+
+/// A single integer result.
+pub async fn scalar(ctx: &SessionContext, sql: &str) -> i64 {
+    let b = query(ctx, sql).await;
+    let v = datafusion::arrow::util::display::array_value_to_string(b[0].column(0), 0).unwrap();
+    v.parse().unwrap_or_else(|_| panic!("{sql} gave {v}"))
+}
+
+/// The points every Influx query of `queries_dir` gives when run over the whole lake.
+pub async fn expected_points(ctx: &SessionContext, queries_dir: &Path) -> Points {
+    let planner = Planner::new().unwrap();
+    let mut set = TransformSet::default();
+    let report = set.reload(&planner, queries_dir).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut body = String::new();
+    for t in set.iter() {
+        let Target::Influx { measurement, .. } = &t.target else { continue };
+        for b in query(ctx, &t.select).await {
+            let mapping = PointMapping::from_schema(&b.schema()).unwrap();
+            encode_batch(measurement, &mapping, &b, &mut body);
+        }
+    }
+    parse_line_protocol(&body)
+}
+
+/// Fields that come from approximate aggregates and may differ with the order rows arrive in.
+fn approximate(field: &str) -> bool {
+    matches!(field, "p25" | "p50" | "p75" | "p90")
+}
+
+/// Compare points; differences are listed (at most 10) in the panic message.
+pub fn assert_points_match(expected: &Points, actual: &Points, what: &str) {
+    let mut diffs = Vec::new();
+    for (k, e) in expected {
+        match actual.get(k) {
+            None => diffs.push(format!("missing {k:?}")),
+            Some(a) => {
+                for (f, ev) in e {
+                    let av = a.get(f).copied().unwrap_or(f64::NAN);
+                    let tol = if approximate(f) { 0.05 * ev.abs().max(1.0) } else { 1e-9 * ev.abs().max(1.0) };
+                    if (ev - av).abs() > tol || av.is_nan() {
+                        diffs.push(format!("{k:?} {f}: expected {ev}, got {av}"));
+                    }
+                }
+            }
+        }
+    }
+    for k in actual.keys() {
+        if !expected.contains_key(k) {
+            diffs.push(format!("unexpected {k:?}"));
+        }
+    }
+    let n = diffs.len();
+    diffs.truncate(10);
+    assert!(n == 0, "{what}: {n} differences between the points and the lake's aggregates:\n{}", diffs.join("\n"));
+}
