@@ -27,21 +27,38 @@ fn queries() -> PathBuf {
 fn messages(seed: u64, n: usize, bad: &[Option<Vec<u8>>]) -> Vec<Message> {
     let mut g = Generator::new(GeneratorConfig {
         seed,
-        clock: Clock::Simulated { start_ms: 1_767_225_600_000, mean_per_hour: 30_000.0 },
+        clock: Clock::Simulated {
+            start_ms: 1_767_225_600_000,
+            mean_per_hour: 30_000.0,
+        },
     });
     let topic: Arc<str> = Arc::from("car-transactions-logs");
     let mut next = vec![0i64; PARTITIONS as usize];
     let mut out = Vec::new();
-    let every = if bad.is_empty() { usize::MAX } else { n / bad.len() };
+    let every = if bad.is_empty() {
+        usize::MAX
+    } else {
+        n / bad.len()
+    };
     let mut push = |partition: i32, payload: Option<Vec<u8>>, out: &mut Vec<Message>| {
         let offset = next[partition as usize];
         next[partition as usize] += 1;
-        out.push(Message { topic: Arc::clone(&topic), partition, offset, timestamp_ms: Some(offset), payload });
+        out.push(Message {
+            topic: Arc::clone(&topic),
+            partition,
+            offset,
+            timestamp_ms: Some(offset),
+            payload,
+        });
     };
     for i in 0..n {
         let t = g.next_transaction();
         let dealer: i32 = t.dealer_id[1..].parse().unwrap();
-        push(dealer % PARTITIONS, Some(t.to_json().into_bytes()), &mut out);
+        push(
+            dealer % PARTITIONS,
+            Some(t.to_json().into_bytes()),
+            &mut out,
+        );
         if i % every == every - 1 {
             push((i as i32) % PARTITIONS, bad[i / every].clone(), &mut out);
         }
@@ -57,7 +74,10 @@ fn bad_payloads() -> Vec<Option<Vec<u8>>> {
     invalid_utf8[31] = 0x28;
     vec![
         Some(b"{\"transaction_id\": \"x\", \"sold_at\": ".to_vec()),
-        Some(good.replace("\"model_year\":", "\"model_year\":\"new\",\"x\":").into_bytes()),
+        Some(
+            good.replace("\"model_year\":", "\"model_year\":\"new\",\"x\":")
+                .into_bytes(),
+        ),
         Some(good.replace(",\"price\":", ",\"cost\":").into_bytes()),
         Some(invalid_utf8),
         None,
@@ -74,29 +94,53 @@ fn config(dir: &Path, max_rows: usize) -> Config {
     c
 }
 
-async fn run(source: MemorySource, c: &Config) -> (MemorySource, carflow_engine::pipeline::RunSummary) {
-    let mut p = Pipeline::from_config(source, c, "test", Arc::new(Metrics::new()), Arc::new(Health::default()))
-        .await
-        .unwrap();
+async fn run(
+    source: MemorySource,
+    c: &Config,
+) -> (MemorySource, carflow_engine::pipeline::RunSummary) {
+    let mut p = Pipeline::from_config(
+        source,
+        c,
+        "test",
+        Arc::new(Metrics::new()),
+        Arc::new(Health::default()),
+    )
+    .await
+    .unwrap();
     let summary = p.run(&CancellationToken::new()).await.unwrap();
     (p.into_source(), summary)
 }
 
 async fn check_lake_and_points(dir: &Path, good: i64) -> SessionContextHolder {
     let ctx = lake_context(&dir.join("lake").display().to_string()).await;
-    assert_eq!(scalar(&ctx, "SELECT count(*) FROM cars").await, good, "every good record is in the lake");
     assert_eq!(
-        scalar(&ctx, "SELECT count(DISTINCT (_partition, _offset)) FROM cars").await,
+        scalar(&ctx, "SELECT count(*) FROM cars").await,
+        good,
+        "every good record is in the lake"
+    );
+    assert_eq!(
+        scalar(
+            &ctx,
+            "SELECT count(DISTINCT (_partition, _offset)) FROM cars"
+        )
+        .await,
         good,
         "each (partition, offset) once"
     );
-    assert_eq!(scalar(&ctx, "SELECT count(DISTINCT transaction_id) FROM cars").await, good);
+    assert_eq!(
+        scalar(&ctx, "SELECT count(DISTINCT transaction_id) FROM cars").await,
+        good
+    );
     let lp = std::fs::read_to_string(dir.join("metrics.lp")).unwrap();
     let written = parse_line_protocol(&lp);
     let mut actual = written.clone();
     actual.retain(|k, _| k.0 != "carflow_engine");
     let expected = expected_points(&ctx, &queries()).await;
-    assert!(expected.len() > 500, "a realistic number of points ({})", expected.len());
+    assert!(
+        expected.len() > 500,
+        "a realistic number of points ({})",
+        expected.len()
+    );
     assert_points_match(&expected, &actual, "line protocol vs lake");
     SessionContextHolder { ctx, lp }
 }
@@ -115,18 +159,44 @@ async fn the_demo_path_is_exact_windows_span_batches_and_bad_messages_are_dead_l
     let (source, summary) = run(MemorySource::new(msgs), &config(dir.path(), 700)).await;
     assert_eq!(summary.records_in, (n + bad.len()) as u64);
     assert_eq!(summary.dead_letters, bad.len() as u64);
-    assert_eq!(summary.late_rows, 0, "the generator stays within the allowed lateness");
+    assert_eq!(
+        summary.late_rows, 0,
+        "the generator stays within the allowed lateness"
+    );
     let held = check_lake_and_points(dir.path(), n as i64).await;
 
     // Windows spanned batches: the same point was written more than once, and the last write won.
-    let lines = held.lp.lines().filter(|l| l.starts_with("sales_by_brand,")).count();
-    let points = parse_line_protocol(&held.lp).keys().filter(|k| k.0 == "sales_by_brand").count();
-    assert!(lines > points, "minutes were rewritten as later batches filled them ({lines} lines, {points} points)");
+    let lines = held
+        .lp
+        .lines()
+        .filter(|l| l.starts_with("sales_by_brand,"))
+        .count();
+    let points = parse_line_protocol(&held.lp)
+        .keys()
+        .filter(|k| k.0 == "sales_by_brand")
+        .count();
+    assert!(
+        lines > points,
+        "minutes were rewritten as later batches filled them ({lines} lines, {points} points)"
+    );
 
     // Dead letters: each with its reason and origin.
-    let reasons = query(&held.ctx, "SELECT reason, topic, \"partition\", \"offset\" FROM dead_letters ORDER BY reason").await;
-    let shown = datafusion::arrow::util::pretty::pretty_format_batches(&reasons).unwrap().to_string();
-    for want in ["malformed JSON", "model_year", "missing required field `price`", "invalid UTF-8", "null", "exceeds max_message_bytes"] {
+    let reasons = query(
+        &held.ctx,
+        "SELECT reason, topic, \"partition\", \"offset\" FROM dead_letters ORDER BY reason",
+    )
+    .await;
+    let shown = datafusion::arrow::util::pretty::pretty_format_batches(&reasons)
+        .unwrap()
+        .to_string();
+    for want in [
+        "malformed JSON",
+        "model_year",
+        "missing required field `price`",
+        "invalid UTF-8",
+        "null",
+        "exceeds max_message_bytes",
+    ] {
         assert!(shown.contains(want), "dead letters lack {want:?}:\n{shown}");
     }
     assert!(shown.contains("car-transactions-logs"));
@@ -150,7 +220,10 @@ async fn a_restart_from_committed_offsets_neither_loses_nor_duplicates() {
     // behind what the lake already holds), with the committed metadata.
     let resumed = MemorySource::resume(all.clone(), &first.commits);
     let (_, summary) = run(resumed, &c).await;
-    assert!(summary.replayed > 0, "the restart replayed records the lake already held");
+    assert!(
+        summary.replayed > 0,
+        "the restart replayed records the lake already held"
+    );
     check_lake_and_points(dir.path(), n as i64).await;
 
     // And a replay of everything from offset 0 changes nothing.

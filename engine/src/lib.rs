@@ -16,6 +16,7 @@ pub mod config;
 pub mod generator;
 pub mod metrics;
 pub mod pipeline;
+pub mod producer;
 pub mod retry;
 pub mod schema;
 pub mod sink;

@@ -42,7 +42,7 @@ pub enum RetryError<E> {
     Shutdown(Option<E>),
 }
 
-/// Run `op` until it succeeds, it fails permanently, or `shutdown` fires.
+/// Run `op` until it succeeds, it fails permanently, or `shutdown` fires while waiting to retry.
 ///
 /// Each transient failure is logged with `what` and the attempt number, then waited out with
 /// exponential backoff up to `backoff.max`.
@@ -60,9 +60,7 @@ where
     let mut wait = backoff.initial;
     let mut attempt = 1u32;
     loop {
-        if shutdown.is_cancelled() {
-            return Err(RetryError::Shutdown(None));
-        }
+        // Every call gets one attempt even during shutdown, so a batch in flight can finish.
         let e = match op().await {
             Ok(v) => {
                 if attempt > 1 {

@@ -38,7 +38,9 @@ fn split(s: &str, sep: char) -> Vec<String> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\,", ",").replace("\\=", "=").replace("\\ ", " ")
+    s.replace("\\,", ",")
+        .replace("\\=", "=")
+        .replace("\\ ", " ")
 }
 
 /// Parse line protocol; a later line for the same (series, time) replaces an earlier one, as in
@@ -65,7 +67,9 @@ pub fn parse_line_protocol(text: &str) -> Points {
             let v = match v {
                 "true" => 1.0,
                 "false" => 0.0,
-                v => v.parse().unwrap_or_else(|_| panic!("field {kv:?} in {line}")),
+                v => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("field {kv:?} in {line}")),
             };
             fields.insert(unescape(&kv[0]), v);
         }
@@ -80,13 +84,20 @@ pub async fn lake_context(root: &str) -> SessionContext {
     let ctx = SessionContext::new();
     let location = Location::open(root).unwrap();
     register_lake(&ctx, &location).await.unwrap();
-    ctx.sql("CREATE VIEW transactions AS SELECT * FROM cars").await.unwrap();
+    ctx.sql("CREATE VIEW transactions AS SELECT * FROM cars")
+        .await
+        .unwrap();
     ctx
 }
 
 /// Run a query and return its batches.
 pub async fn query(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
-    ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).collect().await.unwrap()
+    ctx.sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap()
 }
 
 /// A single integer result.
@@ -104,7 +115,9 @@ pub async fn expected_points(ctx: &SessionContext, queries_dir: &Path) -> Points
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let mut body = String::new();
     for t in set.iter() {
-        let Target::Influx { measurement, .. } = &t.target else { continue };
+        let Target::Influx { measurement, .. } = &t.target else {
+            continue;
+        };
         for b in query(ctx, &t.select).await {
             let mapping = PointMapping::from_schema(&b.schema()).unwrap();
             encode_batch(measurement, &mapping, &b, &mut body);
@@ -127,7 +140,11 @@ pub fn assert_points_match(expected: &Points, actual: &Points, what: &str) {
             Some(a) => {
                 for (f, ev) in e {
                     let av = a.get(f).copied().unwrap_or(f64::NAN);
-                    let tol = if approximate(f) { 0.05 * ev.abs().max(1.0) } else { 1e-9 * ev.abs().max(1.0) };
+                    let tol = if approximate(f) {
+                        0.05 * ev.abs().max(1.0)
+                    } else {
+                        1e-9 * ev.abs().max(1.0)
+                    };
                     if (ev - av).abs() > tol || av.is_nan() {
                         diffs.push(format!("{k:?} {f}: expected {ev}, got {av}"));
                     }
@@ -142,5 +159,9 @@ pub fn assert_points_match(expected: &Points, actual: &Points, what: &str) {
     }
     let n = diffs.len();
     diffs.truncate(10);
-    assert!(n == 0, "{what}: {n} differences between the points and the lake's aggregates:\n{}", diffs.join("\n"));
+    assert!(
+        n == 0,
+        "{what}: {n} differences between the points and the lake's aggregates:\n{}",
+        diffs.join("\n")
+    );
 }

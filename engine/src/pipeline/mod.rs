@@ -424,10 +424,7 @@ impl<S: Source> Pipeline<S> {
     ) -> Result<(), Stop> {
         let started = Instant::now();
         self.apply_events().await?;
-        let messages: Vec<Message> = messages
-            .into_iter()
-            .filter(|m| !self.revoked.contains(&(Arc::clone(&m.topic), m.partition)))
-            .collect();
+        let messages = self.owned_in_order(messages);
         if messages.is_empty() {
             return Ok(());
         }
@@ -505,6 +502,28 @@ impl<S: Source> Pipeline<S> {
             "batch committed"
         );
         Ok(())
+    }
+
+    /// Keep messages of partitions this process still owns, in offset order, each offset once,
+    /// and none this ownership already processed (a re-delivery after a rebalance).
+    fn owned_in_order(&self, mut messages: Vec<Message>) -> Vec<Message> {
+        messages.retain(|m| {
+            let tp = (Arc::clone(&m.topic), m.partition);
+            let done = self.partitions.get(&tp).and_then(|p| p.next_processed);
+            !self.revoked.contains(&tp) && done.is_none_or(|n| m.offset >= n)
+        });
+        let sorted = messages.windows(2).all(|w| {
+            (&w[0].topic, w[0].partition, w[0].offset) < (&w[1].topic, w[1].partition, w[1].offset)
+        });
+        if !sorted {
+            messages.sort_by(|a, b| {
+                (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset))
+            });
+            messages.dedup_by(|a, b| {
+                a.topic == b.topic && a.partition == b.partition && a.offset == b.offset
+            });
+        }
+        messages
     }
 
     /// Write one partition's new rows to every lake dataset; returns rows written.

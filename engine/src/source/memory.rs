@@ -37,9 +37,19 @@ impl MemorySource {
         }
         let queue = messages
             .into_iter()
-            .filter(|m| m.offset >= start.get(&(m.topic.to_string(), m.partition)).copied().unwrap_or(0))
+            .filter(|m| {
+                m.offset
+                    >= start
+                        .get(&(m.topic.to_string(), m.partition))
+                        .copied()
+                        .unwrap_or(0)
+            })
             .collect();
-        Self { queue, metadata, ..Self::default() }
+        Self {
+            queue,
+            metadata,
+            ..Self::default()
+        }
     }
 
     /// The last committed position of each partition.

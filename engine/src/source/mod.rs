@@ -7,7 +7,7 @@
 //! ([`crate::batcher`]) turns the message stream into bounded batches.
 
 pub mod generator;
-// pub mod kafka;
+pub mod kafka;
 pub mod memory;
 
 use std::future::Future;

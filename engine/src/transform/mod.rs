@@ -182,10 +182,13 @@ impl Planner {
         let select = parsed.query.to_string();
         let state = self.batch_ctx.state();
         let statement = DfStatement::Statement(Box::new(Statement::Query(parsed.query)));
-        let mut plan = state.statement_to_plan(statement.clone()).await.map_err(|e| {
-            let (l, c) = error_location(&e, sql).unwrap_or((line, col));
-            at(l, c, clean_message(&e))
-        })?;
+        let mut plan = state
+            .statement_to_plan(statement.clone())
+            .await
+            .map_err(|e| {
+                let (l, c) = error_location(&e, sql).unwrap_or((line, col));
+                at(l, c, clean_message(&e))
+            })?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let name = file
             .file_stem()
@@ -261,7 +264,13 @@ impl Planner {
                 ));
             }
         };
-        if matches!(target, Target::Influx { windowing: Windowing::Windowed(_), .. }) {
+        if matches!(
+            target,
+            Target::Influx {
+                windowing: Windowing::Windowed(_),
+                ..
+            }
+        ) {
             // Windowed queries read the open windows' rows: plan them against that table.
             plan = self
                 .window_ctx

@@ -1,0 +1,165 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Streaming ETL for car-sale transactions: Kafka → SQL transforms (DataFusion) → a Hive-partitioned
+/// Parquet lake (HDFS or local) + InfluxDB for Grafana.
+#[derive(Debug, Parser)]
+#[command(name = "carflow", version, about, long_about = None, after_help = "\
+Start here:
+  carflow demo --duration 20s         the whole job on this machine, nothing installed
+  carflow sql -c \"SELECT brand, count(*) FROM cars GROUP BY brand\"
+  carflow check --config deploy/carflow.toml
+  carflow run --config deploy/carflow.toml   real Kafka → HDFS + InfluxDB
+
+Transforms are the .sql files in queries/ (INSERT INTO lake.<dataset> | influx.<measurement> SELECT … FROM transactions).
+Every config key can be set from the environment: kafka.brokers → CARFLOW_KAFKA_BROKERS.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (TOML). Without one, the embedded defaults apply; see deploy/carflow.toml.
+    #[arg(long, global = true, env = "CARFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v: info, -vv: debug). CARFLOW_LOG=<filter> overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole job locally: built-in generator → engine → ./data/lake (Parquet) + ./data/metrics.lp.
+    #[command(after_help = "\
+The demo starts fresh: it replaces a previous demo's ./data/lake and metrics file.
+Example:
+  carflow demo --duration 20s --rate 5000 --seed 7
+  carflow sql -c \"SELECT count(*) FROM cars\"")]
+    Demo(DemoArgs),
+    /// Query the lake with SQL: the DataFusion CLI with every dataset registered as a table.
+    #[command(after_help = "\
+Tables: one per dataset directory of the lake (cars, dead_letters, …); Hive partitions (dt=…) are columns.
+The lake is lake.root of the config (default ./data/lake), or --lake.
+Examples:
+  carflow sql -c \"SELECT brand, avg(price) FROM cars WHERE dt = '2026-01-01' GROUP BY brand ORDER BY 2 DESC\"
+  carflow sql --lake hdfs://127.0.0.1:9000/Cars -c \"SELECT reason, count(*) FROM dead_letters GROUP BY reason\"
+  carflow sql                       (interactive; \\d lists tables, \\q quits)")]
+    Sql(SqlArgs),
+    /// Validate the configuration and every SQL file; exit non-zero with file:line on errors.
+    Check(CheckArgs),
+    /// Run the engine: the configured source (Kafka) → queries/*.sql → lake + InfluxDB, until stopped.
+    #[command(after_help = "\
+Serves /metrics (Prometheus) and /health on http.listen (default 127.0.0.1:9464).
+Ctrl-C or SIGTERM finishes the batch in progress and commits it; kill -9 loses nothing either
+(the next start replays from the committed offsets and the lake's ledger skips what it holds).
+Example:
+  carflow run --config deploy/carflow.toml")]
+    Run(RunArgs),
+    /// Produce generated transactions to Kafka (keyed by dealer), with a progress bar.
+    #[command(after_help = "\
+Example:
+  carflow generate --count 200000                 as fast as possible
+  carflow generate --duration 10m --rate 500      a steady stream")]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name of this engine in metrics and logs (default: hostname-pid).
+    #[arg(long)]
+    pub engine_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// How many transactions.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// For how long (e.g. 30s, 10m).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Transactions per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Generator seed (default: generator.seed of the config).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Event time of the first transaction, RFC 3339 (default: generator.start).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Average transactions per hour of event time (default: generator.mean_per_hour).
+    #[arg(long)]
+    pub mean_per_hour: Option<f64>,
+    /// Brokers (default: kafka.brokers).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Topic (default: kafka.topic).
+    #[arg(long)]
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this long (e.g. 20s, 2m). Default: run until Ctrl-C or --count.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Transactions per second (0: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this many transactions.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Seed of the generator: the same seed gives the same transactions.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the lake goes.
+    #[arg(long, default_value = "./data/lake")]
+    pub lake: String,
+    /// Where the line protocol goes.
+    #[arg(long, default_value = "./data/metrics.lp")]
+    pub metrics_file: PathBuf,
+    /// Directory of .sql transforms.
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Run this SQL and exit (repeatable).
+    #[arg(short = 'c', long = "command")]
+    pub command: Vec<String>,
+    /// Run the SQL in this file and exit (repeatable).
+    #[arg(short, long)]
+    pub file: Vec<PathBuf>,
+    /// The lake root (default: lake.root of the config, else ./data/lake).
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// Output format: table, csv, tsv, json, nd-json, automatic.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Print only results (no timing lines).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Directory of .sql transforms (default: queries.dir of the config).
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Also print the effective configuration (secrets redacted).
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Parse `500ms`, `20s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    carflow_engine::config::HumanDuration::parse(s).map(|d| d.0)
+}
