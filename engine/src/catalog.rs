@@ -91,12 +91,23 @@ pub async fn register_lake(ctx: &SessionContext, location: &Location) -> Result<
                     .collect(),
             );
         let url = ListingTableUrl::parse(&d.url)?;
-        let config = ListingTableConfig::new(url)
+        let config = match ListingTableConfig::new(url)
             .with_listing_options(options)
             .infer_schema(&ctx.state())
-            .await?;
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(dataset = %d.name, error = %e, "skipping a lake directory that holds no readable Parquet");
+                continue;
+            }
+        };
         let table = ListingTable::try_new(config)?;
         ctx.register_table(d.name.as_str(), Arc::new(table))?;
     }
-    Ok(found)
+    let registered: Vec<Dataset> = found
+        .into_iter()
+        .filter(|d| ctx.table_exist(d.name.as_str()).unwrap_or(false))
+        .collect();
+    Ok(registered)
 }

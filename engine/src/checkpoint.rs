@@ -305,16 +305,14 @@ impl OffsetLedger {
                 Path::from(f.staged.as_str()),
                 Path::from(f.visible.as_str()),
             );
-            match self.store().rename(&from, &to).await {
-                Ok(()) => {}
-                Err(object_store::Error::NotFound { .. }) => {
-                    // Already moved (by us before a crash, or by another loader): fine if visible.
-                    self.store().head(&to).await.map_err(store_err(&to))?;
-                }
-                Err(source) => {
+            if let Err(e) = self.store().rename(&from, &to).await {
+                // Already moved (by us before a crash, or by another loader) is fine. Stores
+                // report a missing source differently (HDFS: a remote FileNotFoundException), so
+                // look at the destination rather than at the error.
+                if self.store().head(&to).await.is_err() {
                     return Err(LedgerError::Store {
                         path: f.staged.clone(),
-                        source,
+                        source: e,
                     });
                 }
             }

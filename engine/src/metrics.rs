@@ -197,6 +197,8 @@ impl Metrics {
 pub struct Health {
     last_commit_ms: AtomicI64,
     problem: Mutex<Option<String>>,
+    processed: Mutex<std::collections::BTreeMap<String, i64>>,
+    owned: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Health {
@@ -205,6 +207,40 @@ impl Health {
         self.last_commit_ms
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
         self.set_problem(None);
+    }
+
+    /// Every sink holds the records of `topic/partition` below `next_offset`.
+    pub fn processed(&self, topic: &str, partition: i32, next_offset: i64) {
+        let mut p = self.processed.lock().unwrap_or_else(|e| e.into_inner());
+        p.insert(format!("{topic}/{partition}"), next_offset);
+    }
+
+    /// A partition is owned now; everything below `committed` (its committed offset) is durable.
+    pub fn own(&self, topic: &str, partition: i32, committed: Option<i64>) {
+        let key = format!("{topic}/{partition}");
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        if let Some(c) = committed {
+            self.processed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, c);
+        }
+    }
+
+    /// A partition is no longer owned.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        let key = format!("{topic}/{partition}");
+        self.processed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
     }
 
     /// Something is wrong (a sink down); `None` clears it.
@@ -220,10 +256,18 @@ impl Health {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let last = self.last_commit_ms.load(Ordering::Relaxed);
+        let processed = self
+            .processed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let doc = serde_json::json!({
             "status": if problem.is_none() { "ok" } else { "degraded" },
             "problem": problem,
             "last_commit_ms": if last == 0 { None } else { Some(last) },
+            "processed": processed,
+            "owned": owned,
         });
         (problem.is_none(), doc)
     }

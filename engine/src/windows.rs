@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{filter_record_batch, take_record_batch};
@@ -29,15 +29,21 @@ pub type TopicPartition = (Arc<str>, i32);
 struct PartitionClock {
     /// Newest event time seen (or restored), if any.
     max_event_ms: Option<i64>,
-    /// When a message of it was last seen (or when it was assigned).
-    last_active: Instant,
+    /// The idle clock when a message of it was last seen (or when it was assigned).
+    last_active: Duration,
 }
 
 /// Watermark bookkeeping over the partitions this process owns.
+///
+/// Idleness is measured on an *idle clock* the pipeline advances only while the source had nothing
+/// more to give (a batch that closed on linger time, not because it was full). A partition that
+/// is merely queued behind others during a backlog, or while a slow sink holds the pipeline, is
+/// therefore never mistaken for idle; one that truly sends nothing stops holding windows open.
 #[derive(Debug, Clone)]
 pub struct Watermarks {
     lateness_ms: i64,
     idle: Duration,
+    clock: Duration,
     clocks: HashMap<TopicPartition, PartitionClock>,
 }
 
@@ -47,18 +53,25 @@ impl Watermarks {
         Self {
             lateness_ms: lateness.as_millis() as i64,
             idle,
+            clock: Duration::ZERO,
             clocks: HashMap::new(),
         }
     }
 
+    /// Advance the idle clock by time the source spent with nothing more to deliver.
+    pub fn advance_idle_clock(&mut self, waited: Duration) {
+        self.clock += waited;
+    }
+
     /// A partition was assigned, with the event-time high-water restored from its last commit.
     pub fn assign(&mut self, tp: TopicPartition, restored_max_ms: Option<i64>) {
+        let now = self.clock;
         let c = self.clocks.entry(tp).or_insert(PartitionClock {
             max_event_ms: None,
-            last_active: Instant::now(),
+            last_active: now,
         });
         c.max_event_ms = c.max_event_ms.max(restored_max_ms);
-        c.last_active = Instant::now();
+        c.last_active = now;
     }
 
     /// A partition was revoked.
@@ -67,7 +80,8 @@ impl Watermarks {
     }
 
     /// Record the newest event time of a partition in a batch.
-    pub fn observe(&mut self, tp: TopicPartition, max_event_ms: i64, now: Instant) {
+    pub fn observe(&mut self, tp: TopicPartition, max_event_ms: i64) {
+        let now = self.clock;
         let c = self.clocks.entry(tp).or_insert(PartitionClock {
             max_event_ms: None,
             last_active: now,
@@ -81,11 +95,30 @@ impl Watermarks {
         self.clocks.get(tp).and_then(|c| c.max_event_ms)
     }
 
+    /// Per partition: newest event time and seconds since it was last active (for logs).
+    pub fn describe(&self) -> String {
+        let now = self.clock;
+        let mut v: Vec<String> = self
+            .clocks
+            .iter()
+            .map(|((t, p), c)| {
+                format!(
+                    "{t}/{p}: max={:?} idle={}s",
+                    c.max_event_ms,
+                    now.saturating_sub(c.last_active).as_secs()
+                )
+            })
+            .collect();
+        v.sort();
+        v.join(", ")
+    }
+
     /// The current watermark, or `None` while an active partition has no event time yet.
-    pub fn current(&self, now: Instant) -> Option<i64> {
+    pub fn current(&self) -> Option<i64> {
+        let now = self.clock;
         let mut wm: Option<i64> = None;
         for c in self.clocks.values() {
-            if now.duration_since(c.last_active) > self.idle {
+            if now.saturating_sub(c.last_active) > self.idle {
                 continue;
             }
             let m = c.max_event_ms? - self.lateness_ms;

@@ -255,8 +255,15 @@ impl<S: Source> Pipeline<S> {
     pub async fn run(&mut self, shutdown: &CancellationToken) -> Result<RunSummary, PipelineError> {
         loop {
             self.apply_events().await?;
+            let waiting = Instant::now();
             let (messages, end) =
                 collect_batch(&mut self.source, &self.options.limits, shutdown).await?;
+            if end != BatchEnd::Full {
+                // The source ran dry for a while: that time counts towards partition idleness.
+                for st in self.stores.values_mut() {
+                    st.marks.advance_idle_clock(waiting.elapsed());
+                }
+            }
             if !messages.is_empty() {
                 match self.process(messages, shutdown).await {
                     Ok(()) => {}
@@ -348,6 +355,7 @@ impl<S: Source> Pipeline<S> {
                         tracing::info!(topic = %tp.0, partition = tp.1, "partition revoked");
                         self.partitions.remove(&tp);
                         self.restored.remove(&tp);
+                        self.health.forget(&tp.0, tp.1);
                         for st in self.stores.values_mut() {
                             st.store.drop_partition(&tp)?;
                             st.marks.revoke(&tp);
@@ -392,12 +400,12 @@ impl<S: Source> Pipeline<S> {
                 message: "shutdown".into(),
             })),
         })?;
-        let meta = self
-            .source
-            .committed_metadata(&tp.0, tp.1)
-            .await?
-            .and_then(|m| CommitMeta::parse(&m))
+        let committed = self.source.committed(&tp.0, tp.1).await?;
+        let meta = committed
+            .as_ref()
+            .and_then(|(_, m)| CommitMeta::parse(m))
             .unwrap_or_default();
+        self.health.own(&tp.0, tp.1, committed.map(|(o, _)| o));
         tracing::info!(topic = %tp.0, partition = tp.1, lake_next_offset = loaded.next_offset, "partition ready");
         for (spec, st) in &mut self.stores {
             st.marks
@@ -473,6 +481,7 @@ impl<S: Source> Pipeline<S> {
             if let Some(p) = self.partitions.get_mut(tp) {
                 p.next_processed = Some(range.1 + 1);
             }
+            self.health.processed(&tp.0, tp.1, range.1 + 1);
         }
         self.commit_source().await;
         let n = ranges.values().map(|r| r.2).sum::<u64>();
@@ -661,17 +670,25 @@ impl<S: Source> Pipeline<S> {
                 points += emit(t, &self.planner.batch_ctx, &self.metrics, &mut body).await;
             }
         }
-        let now = std::time::Instant::now();
         for (spec, st) in &mut self.stores {
             for (tp, part) in groups {
                 if let Some(max) =
                     partitions::max_time(part, &spec.column).map_err(PipelineError::from)?
                 {
-                    st.marks.observe(tp.clone(), max, now);
+                    st.marks.observe(tp.clone(), max);
                 }
             }
             let added = st.store.add(rows).map_err(PipelineError::from)?;
             late += added.late_rows as u64;
+            if added.late_rows > 0 {
+                tracing::warn!(
+                    late = added.late_rows,
+                    closed_before = ?st.store.closed_before(),
+                    watermark = ?st.marks.current(),
+                    clocks = %st.marks.describe(),
+                    "rows later than the allowed lateness: kept in the lake, not in their (closed) windows"
+                );
+            }
             if !added.touched.is_empty() {
                 self.planner.windows.set(st.store.rows_of(&added.touched));
                 for t in self.transforms.iter() {
@@ -683,7 +700,7 @@ impl<S: Source> Pipeline<S> {
             }
             let (_, early) = st
                 .store
-                .close(st.marks.current(now), self.options.max_window_rows);
+                .close(st.marks.current(), self.options.max_window_rows);
             if early > 0 {
                 tracing::warn!(
                     windows = early,

@@ -76,11 +76,11 @@ impl Source for GeneratorSource {
         Ok(())
     }
 
-    async fn committed_metadata(
+    async fn committed(
         &mut self,
         _topic: &str,
         _partition: i32,
-    ) -> Result<Option<String>, SourceError> {
+    ) -> Result<Option<(i64, String)>, SourceError> {
         Ok(None)
     }
 

@@ -190,19 +190,21 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    async fn committed_metadata(
+    async fn committed(
         &mut self,
         topic: &str,
         partition: i32,
-    ) -> Result<Option<String>, SourceError> {
+    ) -> Result<Option<(i64, String)>, SourceError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
         let got =
             tokio::task::block_in_place(|| self.consumer.committed_offsets(tpl, REQUEST_TIMEOUT))?;
         Ok(got
             .find_partition(topic, partition)
-            .map(|e| e.metadata().to_string())
-            .filter(|m| !m.is_empty()))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some((o, e.metadata().to_string())),
+                _ => None,
+            }))
     }
 
     fn take_events(&mut self) -> Vec<SourceEvent> {

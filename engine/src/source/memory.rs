@@ -13,7 +13,7 @@ pub struct MemorySource {
     queue: VecDeque<Message>,
     /// Every commit call, in order.
     pub commits: Vec<Vec<PartitionCommit>>,
-    metadata: HashMap<(String, i32), String>,
+    metadata: HashMap<(String, i32), (i64, String)>,
     announced: HashSet<(Arc<str>, i32)>,
 }
 
@@ -27,13 +27,16 @@ impl MemorySource {
     }
 
     /// Like a consumer restarting from committed positions: each partition starts at its last
-    /// committed offset, and that commit's metadata is what [`Source::committed_metadata`] gives.
+    /// committed offset, and that commit's metadata is what [`Source::committed`] gives.
     pub fn resume(messages: Vec<Message>, commits: &[Vec<PartitionCommit>]) -> Self {
         let mut metadata = HashMap::new();
         let mut start: HashMap<(String, i32), i64> = HashMap::new();
         for c in commits.iter().flatten() {
             start.insert((c.topic.to_string(), c.partition), c.next_offset);
-            metadata.insert((c.topic.to_string(), c.partition), c.metadata.clone());
+            metadata.insert(
+                (c.topic.to_string(), c.partition),
+                (c.next_offset, c.metadata.clone()),
+            );
         }
         let queue = messages
             .into_iter()
@@ -69,18 +72,20 @@ impl Source for MemorySource {
 
     async fn commit(&mut self, commits: &[PartitionCommit]) -> Result<(), SourceError> {
         for c in commits {
-            self.metadata
-                .insert((c.topic.to_string(), c.partition), c.metadata.clone());
+            self.metadata.insert(
+                (c.topic.to_string(), c.partition),
+                (c.next_offset, c.metadata.clone()),
+            );
         }
         self.commits.push(commits.to_vec());
         Ok(())
     }
 
-    async fn committed_metadata(
+    async fn committed(
         &mut self,
         topic: &str,
         partition: i32,
-    ) -> Result<Option<String>, SourceError> {
+    ) -> Result<Option<(i64, String)>, SourceError> {
         Ok(self.metadata.get(&(topic.to_string(), partition)).cloned())
     }
 

@@ -82,12 +82,12 @@ pub trait Source: Send {
         commits: &[PartitionCommit],
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
 
-    /// The metadata stored by the last [`Source::commit`] of this partition, if any.
-    fn committed_metadata(
+    /// The position and metadata stored by the last [`Source::commit`] of this partition, if any.
+    fn committed(
         &mut self,
         topic: &str,
         partition: i32,
-    ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Option<(i64, String)>, SourceError>> + Send;
 
     /// Ownership changes since the last call (consumer-group rebalances).
     fn take_events(&mut self) -> Vec<SourceEvent> {

@@ -1,0 +1,340 @@
+//! The real services the tests run against, one helper each: connect (or say in one line how to
+//! start the service), wait until ready, and give every test its own topic / HDFS directory /
+//! database, cleaned up on drop.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carflow_engine::storage::Location;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// Poll `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+/// A unique name for a test resource.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Apache Kafka.
+#[derive(Clone)]
+pub struct Kafka {
+    pub brokers: String,
+}
+
+impl Kafka {
+    /// The broker of `CARFLOW_KAFKA_BROKERS` (default 127.0.0.1:9092), reachable.
+    pub fn get() -> Self {
+        let brokers = env_or("CARFLOW_KAFKA_BROKERS", "127.0.0.1:9092");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        if let Err(e) = consumer.fetch_metadata(None, Duration::from_secs(5)) {
+            panic!(
+                "Kafka is not reachable at {brokers} ({e}): start it with deploy/services.sh up kafka"
+            );
+        }
+        Self { brokers }
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap()
+    }
+
+    /// A new topic with `partitions`, deleted when dropped.
+    pub async fn topic(&self, prefix: &str, partitions: i32) -> Topic {
+        let name = unique(prefix);
+        let admin = self.admin();
+        let t = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+        let r = admin
+            .create_topics(
+                [&t],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .unwrap();
+        for x in r {
+            x.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
+        Topic {
+            name,
+            kafka: self.clone(),
+        }
+    }
+
+    /// High watermark (end offset) of every partition of `topic`.
+    pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let n = md.topics()[0].partitions().len() as i32;
+        (0..n)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect()
+    }
+}
+
+/// A test topic.
+pub struct Topic {
+    pub name: String,
+    kafka: Kafka,
+}
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        let (name, admin) = (self.name.clone(), self.kafka.admin());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = rt.block_on(admin.delete_topics(&[&name], &AdminOptions::new()));
+        })
+        .join();
+    }
+}
+
+/// HDFS (a MiniDFSCluster namenode).
+#[derive(Clone)]
+pub struct Hdfs {
+    pub url: String,
+}
+
+impl Hdfs {
+    /// The namenode of `CARFLOW_HDFS_URL` (default hdfs://127.0.0.1:9000), reachable.
+    pub async fn get() -> Self {
+        let url = env_or("CARFLOW_HDFS_URL", "hdfs://127.0.0.1:9000");
+        let loc = Location::open(&format!("{url}/")).unwrap();
+        let probe =
+            tokio::time::timeout(Duration::from_secs(10), loc.store.list_with_delimiter(None))
+                .await;
+        match probe {
+            Ok(Ok(_)) => Self { url },
+            Ok(Err(e)) => panic!(
+                "HDFS is not reachable at {url} ({e}): start it with deploy/services.sh up hdfs"
+            ),
+            Err(_) => panic!(
+                "HDFS at {url} did not answer in 10s: start it with deploy/services.sh up hdfs"
+            ),
+        }
+    }
+
+    /// A new directory under /carflow-tests, removed when dropped.
+    pub fn dir(&self, prefix: &str) -> HdfsDir {
+        HdfsDir {
+            url: format!("{}/carflow-tests/{}", self.url, unique(prefix)),
+        }
+    }
+}
+
+/// A test directory on HDFS.
+pub struct HdfsDir {
+    pub url: String,
+}
+
+impl Drop for HdfsDir {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let loc = Location::open(&url).unwrap();
+                let files: Vec<_> = loc
+                    .store
+                    .list(Some(&loc.prefix))
+                    .try_collect()
+                    .await
+                    .unwrap_or_default();
+                for f in files {
+                    let _ = loc.store.delete(&f.location).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// InfluxDB 1.8.
+#[derive(Clone)]
+pub struct Influx {
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Influx {
+    /// The server of `CARFLOW_INFLUX_URL` (default http://127.0.0.1:8086), reachable.
+    pub async fn get() -> Self {
+        let url = env_or("CARFLOW_INFLUX_URL", "http://127.0.0.1:8086");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        match http.get(format!("{url}/ping")).send().await {
+            Ok(r) if r.status().is_success() => Self { url, http },
+            other => panic!(
+                "InfluxDB is not reachable at {url} ({other:?}): start it with deploy/services.sh up influxdb"
+            ),
+        }
+    }
+
+    /// A new database, dropped when the guard is dropped.
+    pub async fn database(&self, prefix: &str) -> InfluxDb {
+        let name = unique(prefix).replace('-', "_");
+        self.influxql(&name, &format!("CREATE DATABASE \"{name}\""))
+            .await;
+        InfluxDb {
+            name,
+            influx: self.clone(),
+        }
+    }
+
+    /// Run InfluxQL (POST /query) and return the JSON answer.
+    pub async fn influxql(&self, db: &str, q: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .post(format!("{}/query", self.url))
+            .query(&[("db", db), ("epoch", "ms"), ("q", q)])
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{q}: HTTP {}", r.status());
+        let v: serde_json::Value = r.json().await.unwrap();
+        if let Some(e) = v["results"][0]["error"].as_str() {
+            panic!("{q}: {e}");
+        }
+        v
+    }
+}
+
+/// A test database.
+pub struct InfluxDb {
+    pub name: String,
+    influx: Influx,
+}
+
+impl InfluxDb {
+    /// Every point of every measurement except `carflow_engine`, as parsed points.
+    pub async fn points(&self) -> super::verify::Points {
+        let mut out = super::verify::Points::new();
+        let ms = self.influx.influxql(&self.name, "SHOW MEASUREMENTS").await;
+        let names: Vec<String> = ms["results"][0]["series"][0]["values"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|x| x[0].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for m in names.into_iter().filter(|m| m != "carflow_engine") {
+            let tags = self
+                .influx
+                .influxql(&self.name, &format!("SHOW TAG KEYS FROM \"{m}\""))
+                .await;
+            let tag_keys: Vec<String> = tags["results"][0]["series"][0]["values"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .map(|x| x[0].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let v = self
+                .influx
+                .influxql(&self.name, &format!("SELECT * FROM \"{m}\""))
+                .await;
+            let series = &v["results"][0]["series"][0];
+            let cols: Vec<String> = series["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            for row in series["values"].as_array().unwrap() {
+                let time = row[0].as_i64().unwrap();
+                let mut tags = Vec::new();
+                let mut fields = super::verify::Fields::new();
+                for (c, val) in cols.iter().zip(row.as_array().unwrap()).skip(1) {
+                    if val.is_null() {
+                        continue;
+                    }
+                    if tag_keys.contains(c) {
+                        tags.push((c.clone(), val.as_str().unwrap().to_string()));
+                    } else {
+                        fields.insert(c.clone(), val.as_f64().unwrap());
+                    }
+                }
+                tags.sort();
+                out.insert((m.clone(), tags, time), fields);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for InfluxDb {
+    fn drop(&mut self) {
+        let (db, influx) = (self.name.clone(), self.influx.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _ = influx
+                    .http
+                    .post(format!("{}/query", influx.url))
+                    .query(&[("q", format!("DROP DATABASE \"{db}\""))])
+                    .send()
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Keep `Arc` in use for helpers that share a client.
+pub type Shared<T> = Arc<T>;

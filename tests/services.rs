@@ -1,0 +1,394 @@
+//! End to end against the real services (Apache Kafka, HDFS, InfluxDB), started by
+//! `deploy/services.sh up`. Every test has its own topic, HDFS directory and database.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use carflow_engine::generator::{Clock, Generator, GeneratorConfig};
+use carflow_engine::producer::producer;
+use common::engine::EngineProcess;
+use common::services::*;
+use common::verify::*;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use object_store::{ObjectStoreExt, PutPayload};
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+
+fn queries() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("queries")
+}
+
+/// Produce `n` generated transactions (keyed by dealer) and the `bad` payloads spread among them.
+async fn produce(kafka: &Kafka, topic: &str, seed: u64, n: usize, bad: &[Vec<u8>]) {
+    let p = producer(&kafka.brokers, &Default::default()).unwrap();
+    let mut g = Generator::new(GeneratorConfig {
+        seed,
+        clock: Clock::Simulated {
+            start_ms: 1_767_225_600_000,
+            mean_per_hour: 30_000.0,
+        },
+    });
+    let every = if bad.is_empty() {
+        usize::MAX
+    } else {
+        n / bad.len()
+    };
+    let mut pending = FuturesUnordered::new();
+    let mut buf = Vec::new();
+    for i in 0..n {
+        let t = g.next_transaction();
+        buf.clear();
+        t.write_json(&mut buf);
+        pending.push(
+            p.send_result(FutureRecord::to(topic).key(&t.dealer_id).payload(&buf))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
+        if i % every == every - 1 {
+            let b = &bad[i / every];
+            pending.push(
+                p.send_result(FutureRecord::to(topic).key("bad").payload(b))
+                    .map_err(|(e, _)| e)
+                    .unwrap(),
+            );
+        }
+        while pending.len() > 20_000 {
+            pending.next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r.unwrap().unwrap();
+    }
+}
+
+fn bad_records() -> Vec<Vec<u8>> {
+    let good = Generator::new(GeneratorConfig::default())
+        .next_transaction()
+        .to_json();
+    let mut utf8 = good.clone().into_bytes();
+    utf8[25] = 0xff;
+    vec![
+        b"{\"transaction_id\": \"truncated".to_vec(),
+        good.replace("\"mileage_km\":", "\"mileage_km\":\"far\",\"_\":")
+            .into_bytes(),
+        good.replace("\"sold_at\":", "\"sold\":").into_bytes(),
+        utf8,
+        b"not json at all".to_vec(),
+    ]
+}
+
+struct Setup {
+    kafka: Kafka,
+    topic: Topic,
+    lake: HdfsDir,
+    db: InfluxDb,
+    influx: Influx,
+    logs: tempfile::TempDir,
+}
+
+async fn setup(name: &str) -> Setup {
+    let kafka = Kafka::get();
+    let hdfs = Hdfs::get().await;
+    let influx = Influx::get().await;
+    Setup {
+        topic: kafka.topic(name, 6).await,
+        lake: hdfs.dir(name),
+        db: influx.database(name).await,
+        influx,
+        kafka,
+        logs: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Setup {
+    fn env(&self, group: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("CARFLOW_SOURCE", "kafka".into()),
+            ("CARFLOW_KAFKA_BROKERS", self.kafka.brokers.clone()),
+            ("CARFLOW_KAFKA_TOPIC", self.topic.name.clone()),
+            ("CARFLOW_KAFKA_GROUP_ID", group.into()),
+            ("CARFLOW_LAKE_ROOT", self.lake.url.clone()),
+            ("CARFLOW_INFLUX_URL", self.influx.url.clone()),
+            ("CARFLOW_INFLUX_BUCKET", self.db.name.clone()),
+            ("CARFLOW_QUERIES_DIR", queries().display().to_string()),
+            ("CARFLOW_BATCH_MAX_ROWS", "5000".into()),
+            ("CARFLOW_BATCH_LINGER", "300ms".into()),
+        ]
+    }
+
+    /// Wait until the engines together report every partition processed to its end.
+    async fn wait_done(&self, engines: &mut [&mut EngineProcess], timeout: Duration) {
+        let ends = self.kafka.end_offsets(&self.topic.name);
+        let topic = self.topic.name.clone();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut done = vec![false; ends.len()];
+            for e in engines.iter_mut() {
+                assert!(e.is_running(), "engine exited:\n{}", e.log_tail());
+                for (k, v) in e.processed().await {
+                    if let Some(p) = k
+                        .strip_prefix(&format!("{topic}/"))
+                        .and_then(|p| p.parse::<usize>().ok())
+                    {
+                        done[p] |= v >= ends[p];
+                    }
+                }
+            }
+            if done.iter().all(|d| *d) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not done after {timeout:?}:\n{}",
+                engines[0].log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// The lake holds every good record once, dead letters hold the bad ones with reason and
+    /// origin, and every Influx point equals DataFusion's aggregate over the lake.
+    async fn check(&self, good: i64, bad: usize) {
+        let ctx = lake_context(&self.lake.url).await;
+        assert_eq!(
+            scalar(&ctx, "SELECT count(*) FROM cars").await,
+            good,
+            "lake rows"
+        );
+        assert_eq!(
+            scalar(
+                &ctx,
+                "SELECT count(DISTINCT (_partition, _offset)) FROM cars"
+            )
+            .await,
+            good,
+            "each (partition, offset) once"
+        );
+        assert_eq!(
+            scalar(&ctx, "SELECT count(DISTINCT transaction_id) FROM cars").await,
+            good
+        );
+        assert_eq!(
+            scalar(&ctx, "SELECT count(*) FROM dead_letters").await,
+            bad as i64,
+            "dead letters"
+        );
+        assert_eq!(
+            scalar(&ctx, &format!("SELECT count(*) FROM dead_letters WHERE topic = '{}' AND reason <> '' AND \"offset\" >= 0", self.topic.name)).await,
+            bad as i64,
+            "dead letters carry origin and reason"
+        );
+        let expected = expected_points(&ctx, &queries()).await;
+        let actual = self.db.points().await;
+        assert!(expected.len() > 1000, "{} points", expected.len());
+        assert_points_match(&expected, &actual, "InfluxDB vs lake");
+    }
+}
+
+#[tokio::test]
+async fn smoke_kafka_produces_and_consumes() {
+    let kafka = Kafka::get();
+    let topic = kafka.topic("smoke", 2).await;
+    let p = producer(&kafka.brokers, &Default::default()).unwrap();
+    for i in 0..10 {
+        carflow_engine::producer::send(
+            &p,
+            &topic.name,
+            &format!("k{i}"),
+            format!("m{i}").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    }
+    let c: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", unique("smoke"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[&topic.name]).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .expect("consume")
+            .unwrap();
+        got.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
+    }
+    got.sort();
+    assert_eq!(got[0], "m0");
+    assert_eq!(got.len(), 10);
+}
+
+#[tokio::test]
+async fn smoke_hdfs_writes_lists_renames_and_reads() {
+    let hdfs = Hdfs::get().await;
+    let dir = hdfs.dir("smoke");
+    let loc = carflow_engine::storage::Location::open(&dir.url).unwrap();
+    let a = loc.path(&["x/a.bin"]);
+    loc.store
+        .put(&a, PutPayload::from(b"hello hdfs".to_vec()))
+        .await
+        .unwrap();
+    let listed: Vec<_> = loc.store.list(Some(&loc.prefix)).collect::<Vec<_>>().await;
+    assert_eq!(listed.len(), 1);
+    let b = loc.path(&["y/b.bin"]);
+    loc.store.rename(&a, &b).await.unwrap();
+    let bytes = loc.store.get(&b).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&bytes[..], b"hello hdfs");
+    assert!(loc.store.head(&a).await.is_err());
+}
+
+#[tokio::test]
+async fn smoke_influx_writes_through_v2_api_and_reads_with_influxql() {
+    let influx = Influx::get().await;
+    let db = influx.database("smoke").await;
+    let sink = carflow_engine::sink::influx::InfluxSink::new(
+        carflow_engine::sink::influx::InfluxTarget::Http {
+            url: influx.url.clone(),
+            org: "carflow".into(),
+            bucket: db.name.clone(),
+            token: String::new(),
+            timeout: Duration::from_secs(10),
+        },
+    )
+    .unwrap();
+    sink.health().await.unwrap();
+    sink.write("m,brand=Kia sales=3i,revenue=10.5 1767225600000\n")
+        .await
+        .unwrap();
+    let pts = db.points().await;
+    let key = (
+        "m".to_string(),
+        vec![("brand".to_string(), "Kia".to_string())],
+        1_767_225_600_000,
+    );
+    assert_eq!(pts[&key]["sales"], 3.0);
+    assert_eq!(pts[&key]["revenue"], 10.5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_to_hdfs_and_influx_is_exact_and_queryable() {
+    let s = setup("e2e").await;
+    let (n, bad) = (200_000, bad_records());
+    produce(&s.kafka, &s.topic.name, 21, n, &bad).await;
+    let mut engine = EngineProcess::start(&s.env("carflow-e2e"), s.logs.path(), "e2e");
+    s.wait_done(&mut [&mut engine], Duration::from_secs(600))
+        .await;
+    let late_log: String = std::fs::read_to_string(&engine.log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("later than"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        engine.metric("carflow_late_rows_total").await,
+        0.0,
+        "{late_log}"
+    );
+    assert_eq!(
+        engine.metric("carflow_dead_letters_total").await,
+        bad.len() as f64
+    );
+    assert!(
+        engine.stop(),
+        "SIGTERM stops cleanly:\n{}",
+        engine.log_tail()
+    );
+    s.check(n as i64, bad.len()).await;
+
+    // carflow sql answers over the HDFS lake.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carflow"))
+        .args([
+            "sql",
+            "--lake",
+            &s.lake.url,
+            "--format",
+            "csv",
+            "--quiet",
+            "-c",
+        ])
+        .arg("SELECT count(*) AS n FROM cars WHERE dt = '2026-01-01'")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ctx = lake_context(&s.lake.url).await;
+    let want = scalar(&ctx, "SELECT count(*) FROM cars WHERE dt = '2026-01-01'").await;
+    assert!(want > 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&want.to_string()),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_in_the_middle_loses_and_duplicates_nothing() {
+    let s = setup("kill").await;
+    let (n, bad) = (200_000, bad_records());
+    produce(&s.kafka, &s.topic.name, 22, n, &bad).await;
+    let mut engine = EngineProcess::start(&s.env("carflow-kill"), s.logs.path(), "kill");
+    // Kill once a good part (but not all) of the topic is in.
+    let total: i64 = s.kafka.end_offsets(&s.topic.name).iter().sum();
+    let mut at = 0;
+    for _ in 0..3000 {
+        at = engine.processed().await.values().sum::<i64>();
+        if at >= total / 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(at > 0 && at < total, "killed mid-run ({at} of {total})");
+    engine.kill9();
+    engine.restart("kill-2");
+    s.wait_done(&mut [&mut engine], Duration::from_secs(600))
+        .await;
+    let metrics = engine.metrics().await;
+    assert!(metrics.contains("carflow_replayed_total"), "{metrics}");
+    engine.stop();
+    s.check(n as i64, bad.len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_in_one_group_share_the_partitions_exactly_once() {
+    let s = setup("group").await;
+    let n = 120_000;
+    produce(&s.kafka, &s.topic.name, 23, n, &[]).await;
+    let env = s.env("carflow-group");
+    let mut a = EngineProcess::start(&env, s.logs.path(), "a");
+    let mut b = EngineProcess::start(&env, s.logs.path(), "b");
+    // Both get partitions (a rebalance splits the 6 between them).
+    wait_for(
+        "both engines to own partitions and make progress",
+        Duration::from_secs(120),
+        || {
+            let (a, b) = (&a, &b);
+            async move { !a.owned().await.is_empty() && !b.processed().await.is_empty() }
+        },
+    )
+    .await;
+    // One member dies: its partitions move to the other, with their ledgers.
+    b.kill9();
+    s.wait_done(&mut [&mut a], Duration::from_secs(600)).await;
+    a.stop();
+    let ctx = lake_context(&s.lake.url).await;
+    assert_eq!(scalar(&ctx, "SELECT count(*) FROM cars").await, n as i64);
+    assert_eq!(
+        scalar(
+            &ctx,
+            "SELECT count(DISTINCT (_partition, _offset)) FROM cars"
+        )
+        .await,
+        n as i64
+    );
+}
