@@ -58,7 +58,11 @@ pub async fn run(global: &Global, args: SqlArgs) -> anyhow::Result<ExitCode> {
     let mut print = PrintOptions {
         format,
         quiet: args.quiet,
-        maxrows: MaxRows::Limited(200),
+        maxrows: if args.command.is_empty() && args.file.is_empty() {
+            MaxRows::Limited(40)
+        } else {
+            MaxRows::Unlimited
+        },
         color: false,
         instrumented_registry: registry,
     };

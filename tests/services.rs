@@ -392,3 +392,39 @@ async fn two_engines_in_one_group_share_the_partitions_exactly_once() {
         n as i64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_commits_carry_the_window_state_to_the_next_owner() {
+    use carflow_engine::source::kafka::KafkaSource;
+    use carflow_engine::source::{PartitionCommit, Source};
+    let kafka = Kafka::get();
+    let topic = kafka.topic("meta", 1).await;
+    let mut config = carflow_engine::config::KafkaConfig::default();
+    config.brokers = kafka.brokers.clone();
+    config.topic = topic.name.clone();
+    config.group_id = unique("meta");
+    let p = producer(&kafka.brokers, &Default::default()).unwrap();
+    carflow_engine::producer::send(&p, &topic.name, "k", b"{}", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut a = KafkaSource::new(&config).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(30), a.next_message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let commit = PartitionCommit {
+        topic: m.topic.clone(),
+        partition: 0,
+        next_offset: 1,
+        metadata: r#"{"v":1,"events":{"sold_at":42}}"#.into(),
+    };
+    a.commit(&[commit]).await.unwrap();
+    drop(a);
+    let mut b = KafkaSource::new(&config).unwrap();
+    let got = b.committed(&topic.name, 0).await.unwrap();
+    assert_eq!(
+        got,
+        Some((1, r#"{"v":1,"events":{"sold_at":42}}"#.to_string()))
+    );
+}

@@ -58,42 +58,59 @@ pub enum BatchEnd {
     SourceExhausted,
     /// Shutdown was requested.
     Shutdown,
+    /// Partition ownership changed (a consumer-group rebalance).
+    Rebalance,
 }
 
 /// Gather the next micro-batch of raw messages from `source`.
 ///
 /// Waits without limit for the first message (a quiet topic is not an error), then at most
-/// `limits.linger` for the rest.
+/// `limits.linger` for the rest. A batch never spans a change of partition ownership: when the
+/// source reports one, the message that arrived after it is kept in `carry` for the next batch
+/// and this batch ends ([`BatchEnd::Rebalance`]), so every message of a batch predates the
+/// change and the pipeline can drop those of revoked partitions.
 pub async fn collect_batch<S: Source>(
     source: &mut S,
     limits: &BatchLimits,
     shutdown: &CancellationToken,
+    carry: &mut Option<Message>,
 ) -> Result<(Vec<Message>, BatchEnd), SourceError> {
     let mut messages = Vec::new();
     let mut bytes = 0usize;
     let mut deadline: Option<Instant> = None;
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut next_carried = carry.take();
     loop {
-        let wake = deadline.unwrap_or(far);
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok((messages, BatchEnd::Shutdown)),
-            _ = tokio::time::sleep_until(wake), if deadline.is_some() => {
-                return Ok((messages, BatchEnd::Linger));
-            }
-            next = source.next_message() => match next? {
-                None => return Ok((messages, BatchEnd::SourceExhausted)),
-                Some(message) => {
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + limits.linger);
+        let message = match next_carried.take() {
+            Some(m) => m,
+            None => {
+                let wake = deadline.unwrap_or(far);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok((messages, BatchEnd::Shutdown)),
+                    _ = tokio::time::sleep_until(wake), if deadline.is_some() => {
+                        return Ok((messages, BatchEnd::Linger));
                     }
-                    bytes += message.size();
-                    messages.push(message);
-                    if messages.len() >= limits.max_rows || bytes >= limits.max_bytes {
-                        return Ok((messages, BatchEnd::Full));
+                    next = source.next_message() => match next? {
+                        None => return Ok((messages, BatchEnd::SourceExhausted)),
+                        Some(message) => {
+                            if source.has_events() {
+                                *carry = Some(message);
+                                return Ok((messages, BatchEnd::Rebalance));
+                            }
+                            message
+                        }
                     }
                 }
             }
+        };
+        if deadline.is_none() {
+            deadline = Some(Instant::now() + limits.linger);
+        }
+        bytes += message.size();
+        messages.push(message);
+        if messages.len() >= limits.max_rows || bytes >= limits.max_bytes {
+            return Ok((messages, BatchEnd::Full));
         }
     }
 }

@@ -63,14 +63,13 @@ impl Watermarks {
         self.clock += waited;
     }
 
-    /// A partition was assigned, with the event-time high-water restored from its last commit.
-    pub fn assign(&mut self, tp: TopicPartition, restored_max_ms: Option<i64>) {
+    /// A partition was assigned: it holds the watermark back until its first events are seen.
+    pub fn assign(&mut self, tp: TopicPartition) {
         let now = self.clock;
         let c = self.clocks.entry(tp).or_insert(PartitionClock {
             max_event_ms: None,
             last_active: now,
         });
-        c.max_event_ms = c.max_event_ms.max(restored_max_ms);
         c.last_active = now;
     }
 
@@ -151,6 +150,8 @@ pub struct AddOutcome {
     pub touched: BTreeSet<i64>,
     /// Rows whose window had already closed.
     pub late_rows: usize,
+    /// Replayed rows (after a restart or rebalance) whose window had already closed.
+    pub late_replayed: usize,
 }
 
 /// The rows of the open windows of one [`WindowSpec`].
@@ -190,16 +191,30 @@ impl WindowStore {
     }
 
     /// Add the rows of `batch` (the `transactions` schema) to their windows.
-    pub fn add(&mut self, batch: &RecordBatch) -> Result<AddOutcome, ArrowError> {
+    ///
+    /// `replay_below` gives, per partition, the first offset not processed before (the lake's
+    /// ledger position): a late row below it is a replay of a row that was already counted late
+    /// (or applied to a window since closed), so it is reported apart, as `late_replayed`.
+    pub fn add(
+        &mut self,
+        batch: &RecordBatch,
+        replay_below: &HashMap<TopicPartition, i64>,
+    ) -> Result<AddOutcome, ArrowError> {
         let mut out = AddOutcome::default();
         if batch.num_rows() == 0 {
             return Ok(out);
         }
-        let time = batch
-            .column_by_name(&self.spec.column)
-            .ok_or_else(|| ArrowError::SchemaError(format!("no column {}", self.spec.column)))?;
+        let time = column(batch, &self.spec.column)?;
         let time = arrow::compute::cast(time, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
         let time = time.as_primitive::<TimestampMillisecondType>();
+        let topics = column(batch, COL_TOPIC)?.as_string::<i32>();
+        let partitions = column(batch, COL_PARTITION)?.as_primitive::<Int32Type>();
+        let offsets = column(batch, COL_OFFSET)?.as_primitive::<Int64Type>();
+        let replayed = |i: usize| {
+            replay_below.iter().any(|((t, p), below)| {
+                *p == partitions.value(i) && &**t == topics.value(i) && offsets.value(i) < *below
+            })
+        };
         let mut groups: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for i in 0..batch.num_rows() {
             if time.is_null(i) {
@@ -210,26 +225,28 @@ impl WindowStore {
                 .closed_before
                 .is_some_and(|c| start + self.spec.width_ms <= c)
             {
-                out.late_rows += 1;
+                if replayed(i) {
+                    out.late_replayed += 1;
+                } else {
+                    out.late_rows += 1;
+                }
                 continue;
             }
             groups.entry(start).or_default().push(i as u32);
         }
-        let topics = column(batch, COL_TOPIC)?.as_string::<i32>().clone();
-        let partitions = column(batch, COL_PARTITION)?
-            .as_primitive::<Int32Type>()
-            .clone();
-        let offsets = column(batch, COL_OFFSET)?
-            .as_primitive::<Int64Type>()
-            .clone();
         for (start, idx) in groups {
-            let w = self.windows.entry(start).or_default();
+            let mut mins: HashMap<(&str, i32), i64> = HashMap::new();
             for &i in &idx {
                 let i = i as usize;
-                let tp: TopicPartition = (Arc::from(topics.value(i)), partitions.value(i));
                 let o = offsets.value(i);
+                mins.entry((topics.value(i), partitions.value(i)))
+                    .and_modify(|m| *m = (*m).min(o))
+                    .or_insert(o);
+            }
+            let w = self.windows.entry(start).or_default();
+            for ((t, p), o) in mins {
                 w.min_offset
-                    .entry(tp)
+                    .entry((Arc::from(t), p))
                     .and_modify(|m| *m = (*m).min(o))
                     .or_insert(o);
             }

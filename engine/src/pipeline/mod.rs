@@ -160,6 +160,7 @@ pub struct Pipeline<S: Source> {
     partitions: HashMap<TopicPartition, PartitionState>,
     restored: HashMap<TopicPartition, CommitMeta>,
     revoked: HashSet<TopicPartition>,
+    carry: Option<Message>,
     stores: HashMap<WindowSpec, StoreState>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -202,6 +203,7 @@ impl<S: Source> Pipeline<S> {
             partitions: HashMap::new(),
             restored: HashMap::new(),
             revoked: HashSet::new(),
+            carry: None,
             stores: HashMap::new(),
             metrics,
             health,
@@ -256,9 +258,14 @@ impl<S: Source> Pipeline<S> {
         loop {
             self.apply_events().await?;
             let waiting = Instant::now();
-            let (messages, end) =
-                collect_batch(&mut self.source, &self.options.limits, shutdown).await?;
-            if end != BatchEnd::Full {
+            let (messages, end) = collect_batch(
+                &mut self.source,
+                &self.options.limits,
+                shutdown,
+                &mut self.carry,
+            )
+            .await?;
+            if !matches!(end, BatchEnd::Full | BatchEnd::Rebalance) {
                 // The source ran dry for a while: that time counts towards partition idleness.
                 for st in self.stores.values_mut() {
                     st.marks.advance_idle_clock(waiting.elapsed());
@@ -335,10 +342,7 @@ impl<S: Source> Pipeline<S> {
             };
             for tp in self.partitions.keys() {
                 let meta = self.restored.get(tp);
-                st.marks.assign(
-                    tp.clone(),
-                    meta.and_then(|m| m.events.get(&spec.column).copied()),
-                );
+                st.marks.assign(tp.clone());
                 if let Some(c) = meta.and_then(|m| m.closed.get(&store_key(&spec))) {
                     st.store.restore_closed(*c);
                 }
@@ -347,7 +351,9 @@ impl<S: Source> Pipeline<S> {
         }
     }
 
-    async fn apply_events(&mut self) -> Result<(), PipelineError> {
+    /// Apply ownership changes; returns the partitions revoked by them.
+    async fn apply_events(&mut self) -> Result<HashSet<TopicPartition>, PipelineError> {
+        let mut revoked_now = HashSet::new();
         for event in self.source.take_events() {
             match event {
                 SourceEvent::Revoked(tps) => {
@@ -360,7 +366,8 @@ impl<S: Source> Pipeline<S> {
                             st.store.drop_partition(&tp)?;
                             st.marks.revoke(&tp);
                         }
-                        self.revoked.insert(tp);
+                        self.revoked.insert(tp.clone());
+                        revoked_now.insert(tp);
                     }
                 }
                 SourceEvent::Assigned(tps) => {
@@ -373,7 +380,7 @@ impl<S: Source> Pipeline<S> {
                 }
             }
         }
-        Ok(())
+        Ok(revoked_now)
     }
 
     /// Load a partition's ledger and restore its watermark state, once per ownership.
@@ -405,11 +412,12 @@ impl<S: Source> Pipeline<S> {
             .as_ref()
             .and_then(|(_, m)| CommitMeta::parse(m))
             .unwrap_or_default();
-        self.health.own(&tp.0, tp.1, committed.map(|(o, _)| o));
-        tracing::info!(topic = %tp.0, partition = tp.1, lake_next_offset = loaded.next_offset, "partition ready");
+        self.health
+            .own(&tp.0, tp.1, committed.as_ref().map(|(o, _)| *o));
+        tracing::info!(topic = %tp.0, partition = tp.1, lake_next_offset = loaded.next_offset,
+            committed = ?committed.as_ref().map(|c| c.0), "partition ready");
         for (spec, st) in &mut self.stores {
-            st.marks
-                .assign(tp.clone(), meta.events.get(&spec.column).copied());
+            st.marks.assign(tp.clone());
             if let Some(c) = meta.closed.get(&store_key(spec)) {
                 st.store.restore_closed(*c);
             }
@@ -431,8 +439,11 @@ impl<S: Source> Pipeline<S> {
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let started = Instant::now();
-        self.apply_events().await?;
-        let messages = self.owned_in_order(messages);
+        // Messages of a batch predate the ownership changes applied here (see `collect_batch`):
+        // those of a partition revoked now are dropped even if it came back, since Kafka
+        // re-delivers it from the committed offset.
+        let revoked_now = self.apply_events().await?;
+        let messages = self.owned_in_order(messages, &revoked_now);
         if messages.is_empty() {
             return Ok(());
         }
@@ -454,13 +465,24 @@ impl<S: Source> Pipeline<S> {
         if let Some(first) = decoded.dead_letters.first() {
             tracing::warn!(count = decoded.dead_letters.len(), topic = %first.topic, partition = first.partition, offset = first.offset, reason = %first.reason, "dead letters in batch (first shown)");
         }
+        // What was processed before this batch (the lake's ledger): rows below it are replays.
+        let replay_below: HashMap<TopicPartition, i64> = ranges
+            .keys()
+            .filter_map(|tp| {
+                self.partitions
+                    .get(tp)
+                    .map(|p| (tp.clone(), p.ledger.next_offset))
+            })
+            .collect();
         let mut lake_rows = 0u64;
         for (tp, range) in &ranges {
             let rows = groups.get(tp);
             let d = dead.get(tp).map(Vec::as_slice).unwrap_or_default();
             lake_rows += self.write_lake(tp, *range, rows, d, shutdown).await?;
         }
-        let (body, points, late) = self.influx_points(&decoded.rows, &groups).await?;
+        let (body, points, late) = self
+            .influx_points(&decoded.rows, &groups, &replay_below)
+            .await?;
         let mut body = body;
         self.summary.records_in += ranges.values().map(|r| r.2).sum::<u64>();
         let lag = self.source.lag();
@@ -515,11 +537,17 @@ impl<S: Source> Pipeline<S> {
 
     /// Keep messages of partitions this process still owns, in offset order, each offset once,
     /// and none this ownership already processed (a re-delivery after a rebalance).
-    fn owned_in_order(&self, mut messages: Vec<Message>) -> Vec<Message> {
+    fn owned_in_order(
+        &self,
+        mut messages: Vec<Message>,
+        revoked_now: &HashSet<TopicPartition>,
+    ) -> Vec<Message> {
         messages.retain(|m| {
             let tp = (Arc::clone(&m.topic), m.partition);
             let done = self.partitions.get(&tp).and_then(|p| p.next_processed);
-            !self.revoked.contains(&tp) && done.is_none_or(|n| m.offset >= n)
+            !self.revoked.contains(&tp)
+                && !revoked_now.contains(&tp)
+                && done.is_none_or(|n| m.offset >= n)
         });
         let sorted = messages.windows(2).all(|w| {
             (&w[0].topic, w[0].partition, w[0].offset) < (&w[1].topic, w[1].partition, w[1].offset)
@@ -647,6 +675,7 @@ impl<S: Source> Pipeline<S> {
         &mut self,
         rows: &RecordBatch,
         groups: &HashMap<TopicPartition, RecordBatch>,
+        replay_below: &HashMap<TopicPartition, i64>,
     ) -> Result<(String, u64, u64), Stop> {
         let mut body = String::new();
         let mut points = 0u64;
@@ -678,7 +707,10 @@ impl<S: Source> Pipeline<S> {
                     st.marks.observe(tp.clone(), max);
                 }
             }
-            let added = st.store.add(rows).map_err(PipelineError::from)?;
+            let added = st
+                .store
+                .add(rows, replay_below)
+                .map_err(PipelineError::from)?;
             late += added.late_rows as u64;
             if added.late_rows > 0 {
                 tracing::warn!(
@@ -785,13 +817,11 @@ impl<S: Source> Pipeline<S> {
                 if let Some(low) = st.store.low_water(tp) {
                     at = at.min(low);
                 }
-                if let Some(m) = st.marks.max_event_ms(tp) {
-                    meta.events.insert(spec.column.clone(), m);
-                }
                 if let Some(c) = st.store.closed_before() {
                     meta.closed.insert(store_key(spec), c);
                 }
             }
+            tracing::debug!(topic = %tp.0, partition = tp.1, processed = next, commit = at, "offset commit");
             commits.push(PartitionCommit {
                 topic: Arc::clone(&tp.0),
                 partition: tp.1,

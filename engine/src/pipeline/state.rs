@@ -1,10 +1,12 @@
 //! What the pipeline stores with each committed offset, and restores after a restart.
 //!
-//! Kafka keeps a small metadata string with each committed offset. carflow puts there, per
-//! partition, the newest event time seen (per event-time column) and, per window store, the
-//! boundary below which windows were closed. After a restart the watermark and the closed
-//! windows are restored from it, so a replay neither reopens a finished window nor treats an
-//! open one as late.
+//! Kafka keeps a small metadata string with each committed offset. carflow puts there, per window
+//! store, the boundary below which windows were closed. After a restart it is restored, so a
+//! replay does not reopen a finished window (its rows were applied and its point written before).
+//! The event-time high-water of each partition is deliberately *not* restored: a partition
+//! replays from its committed offset, and until its replay catches up its event time is where
+//! the replay is, not where it was before the crash. Restoring the old high-water would let it
+//! stop holding back the watermark, and windows it is still refilling would close early.
 
 use std::collections::BTreeMap;
 
@@ -17,9 +19,6 @@ use crate::transform::window::WindowSpec;
 pub struct CommitMeta {
     /// Format version.
     pub v: u32,
-    /// Newest event time of the partition, per event-time column.
-    #[serde(default)]
-    pub events: BTreeMap<String, i64>,
     /// Windows ending at or before this were closed, per window store key.
     #[serde(default)]
     pub closed: BTreeMap<String, i64>,
@@ -52,7 +51,6 @@ mod tests {
             v: 1,
             ..Default::default()
         };
-        m.events.insert("sold_at".into(), 1_767_225_600_000);
         m.closed.insert(
             store_key(&WindowSpec {
                 column: "sold_at".into(),

@@ -218,6 +218,16 @@ impl Source for KafkaSource {
         )
     }
 
+    fn has_events(&self) -> bool {
+        !self
+            .consumer
+            .context()
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     fn lag(&self) -> Option<i64> {
         Some(self.consumer.context().lag.load(Ordering::Relaxed))
     }

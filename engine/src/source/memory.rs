@@ -11,6 +11,10 @@ use super::{Message, PartitionCommit, Source, SourceError, SourceEvent};
 #[derive(Debug, Default)]
 pub struct MemorySource {
     queue: VecDeque<Message>,
+    all: Vec<Message>,
+    delivered: usize,
+    rebalance_at: Vec<usize>,
+    events: Vec<SourceEvent>,
     /// Every commit call, in order.
     pub commits: Vec<Vec<PartitionCommit>>,
     metadata: HashMap<(String, i32), (i64, String)>,
@@ -21,9 +25,43 @@ impl MemorySource {
     /// A source that yields `messages` and then ends.
     pub fn new(messages: Vec<Message>) -> Self {
         Self {
-            queue: messages.into(),
+            queue: messages.clone().into(),
+            all: messages,
             ..Self::default()
         }
+    }
+
+    /// After delivering each of these message counts, act like a consumer-group rebalance that
+    /// gives every partition back: revoke and assign all of them (reported inside the next
+    /// receive, as librdkafka does) and re-deliver each partition from its committed offset.
+    pub fn with_rebalances(mut self, after: Vec<usize>) -> Self {
+        self.rebalance_at = after;
+        self
+    }
+
+    fn rebalance(&mut self) {
+        let committed = self.committed_positions();
+        let tps: Vec<(Arc<str>, i32)> = self
+            .all
+            .iter()
+            .map(|m| (Arc::clone(&m.topic), m.partition))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        self.events.push(SourceEvent::Revoked(tps.clone()));
+        self.events.push(SourceEvent::Assigned(tps));
+        let from = |m: &Message| {
+            committed
+                .get(&(m.topic.to_string(), m.partition))
+                .copied()
+                .unwrap_or(0)
+        };
+        self.queue = self
+            .all
+            .iter()
+            .filter(|m| m.offset >= from(m))
+            .cloned()
+            .collect();
     }
 
     /// Like a consumer restarting from committed positions: each partition starts at its last
@@ -39,7 +77,7 @@ impl MemorySource {
             );
         }
         let queue = messages
-            .into_iter()
+            .iter()
             .filter(|m| {
                 m.offset
                     >= start
@@ -47,16 +85,18 @@ impl MemorySource {
                         .copied()
                         .unwrap_or(0)
             })
+            .cloned()
             .collect();
         Self {
             queue,
+            all: messages,
             metadata,
             ..Self::default()
         }
     }
 
     /// The last committed position of each partition.
-    pub fn committed(&self) -> HashMap<(String, i32), i64> {
+    pub fn committed_positions(&self) -> HashMap<(String, i32), i64> {
         let mut out = HashMap::new();
         for c in self.commits.iter().flatten() {
             out.insert((c.topic.to_string(), c.partition), c.next_offset);
@@ -67,7 +107,17 @@ impl MemorySource {
 
 impl Source for MemorySource {
     async fn next_message(&mut self) -> Result<Option<Message>, SourceError> {
-        Ok(self.queue.pop_front())
+        if self.rebalance_at.first() == Some(&self.delivered) {
+            self.rebalance_at.remove(0);
+            self.rebalance();
+        }
+        let m = self.queue.pop_front();
+        self.delivered += usize::from(m.is_some());
+        Ok(m)
+    }
+
+    fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     async fn commit(&mut self, commits: &[PartitionCommit]) -> Result<(), SourceError> {
@@ -90,6 +140,9 @@ impl Source for MemorySource {
     }
 
     fn take_events(&mut self) -> Vec<SourceEvent> {
+        if !self.events.is_empty() {
+            return std::mem::take(&mut self.events);
+        }
         let new: Vec<_> = self
             .queue
             .iter()

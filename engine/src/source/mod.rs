@@ -94,6 +94,11 @@ pub trait Source: Send {
         Vec::new()
     }
 
+    /// True when ownership changes wait in [`Source::take_events`].
+    fn has_events(&self) -> bool {
+        false
+    }
+
     /// Messages between the current position and the end of the owned partitions, if known.
     fn lag(&self) -> Option<i64> {
         None
