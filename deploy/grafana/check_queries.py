@@ -302,13 +302,16 @@ def query_parts(query):
     return measurements, (names - aliases) | used
 
 
+QUERIES = REPO / "queries"
+
+
 def sql_producers():
     """measurement -> text of the queries/*.sql file that writes it (INSERT INTO influx.<name>)."""
     out = {}
-    for path in sorted((REPO / "queries").glob("*.sql")):
-        text = path.read_text()
+    for path in sorted(QUERIES.glob("*.sql")):
+        text = re.sub(r"--[^\n]*", "", path.read_text())  # comments do not produce columns
         for m in re.finditer(r"INSERT\s+INTO\s+influx\.(\w+)", text, re.I):
-            out[m.group(1)] = (path.relative_to(REPO).as_posix(), text)
+            out[m.group(1)] = (path.name, text)
     return out
 
 
@@ -492,8 +495,12 @@ def main():
                     help="create --db, write synthetic points over the range, check, then drop --db")
     ap.add_argument("--keep", action="store_true", help="with --synthetic: do not drop the database")
     ap.add_argument("--structure-only", action="store_true", help="only the structural checks, no InfluxDB")
+    ap.add_argument("--queries", type=pathlib.Path, default=REPO / "queries",
+                    help="the SQL transforms whose measurements and fields the panels must read (default: queries/)")
     ap.add_argument("--json", type=pathlib.Path, help="also write the per-target report as JSON to this file")
     args = ap.parse_args()
+    global QUERIES
+    QUERIES = args.queries
 
     if args.synthetic:
         if args.db == "carflow":

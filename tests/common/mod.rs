@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod proxy;
 pub mod services;
 pub mod verify;
