@@ -495,6 +495,9 @@ def main():
                     help="create --db, write synthetic points over the range, check, then drop --db")
     ap.add_argument("--keep", action="store_true", help="with --synthetic: do not drop the database")
     ap.add_argument("--structure-only", action="store_true", help="only the structural checks, no InfluxDB")
+    ap.add_argument("--only", action="append", default=[], metavar="UID",
+                    help="run the queries of these dashboards only (structure is always checked for all); "
+                         "e.g. the engine dashboard reads processing time, the sales dashboards event time")
     ap.add_argument("--queries", type=pathlib.Path, default=REPO / "queries",
                     help="the SQL transforms whose measurements and fields the panels must read (default: queries/)")
     ap.add_argument("--json", type=pathlib.Path, help="also write the per-target report as JSON to this file")
@@ -551,6 +554,8 @@ def main():
                 print(f"synthetic: {len(lines):>5} points in {measurement}")
         print(f"queries: {args.url} db={args.db} range {args.from_ms}..{args.to_ms} ms")
         for name, dash in dashboards.items():
+            if args.only and dash.get("uid") not in args.only:
+                continue
             variables = resolve_variables(influx, dash, errors)
             runs = [("all", {n: "$__all" for n in variables})]
             if all(len(v["_values"]) >= 2 for v in variables.values()):
