@@ -410,10 +410,12 @@ async fn kafka_commits_carry_the_window_state_to_the_next_owner() {
     use carflow_engine::source::{PartitionCommit, Source};
     let kafka = Kafka::get();
     let topic = kafka.topic("meta", 1).await;
-    let mut config = carflow_engine::config::KafkaConfig::default();
-    config.brokers = kafka.brokers.clone();
-    config.topic = topic.name.clone();
-    config.group_id = unique("meta");
+    let config = carflow_engine::config::KafkaConfig {
+        brokers: kafka.brokers.clone(),
+        topic: topic.name.clone(),
+        group_id: unique("meta"),
+        ..Default::default()
+    };
     let p = producer(&kafka.brokers, &Default::default()).unwrap();
     carflow_engine::producer::send(&p, &topic.name, "k", b"{}", Duration::from_secs(5))
         .await

@@ -526,7 +526,7 @@ impl Config {
                 "must be 0 (as fast as possible) or a positive rate per second".into(),
             );
         }
-        if !(self.generator.mean_per_hour > 0.0) {
+        if self.generator.mean_per_hour.is_nan() || self.generator.mean_per_hour <= 0.0 {
             bad(
                 "generator.mean_per_hour",
                 "must be positive (default 30000)".into(),
@@ -599,15 +599,16 @@ impl Config {
                 bad(key, format!("`{addr}` is not ip:port; e.g. 127.0.0.1:9464"));
             }
         }
-        if let Ok(addr) = self.api.listen.parse::<std::net::SocketAddr>() {
-            if !addr.ip().is_loopback() && self.api.token.0.is_empty() {
-                bad(
-                    "api.token",
-                    format!(
-                        "is required when api.listen ({addr}) is not a loopback address; set CARFLOW_API_TOKEN"
-                    ),
-                );
-            }
+        if let Ok(addr) = self.api.listen.parse::<std::net::SocketAddr>()
+            && !addr.ip().is_loopback()
+            && self.api.token.0.is_empty()
+        {
+            bad(
+                "api.token",
+                format!(
+                    "is required when api.listen ({addr}) is not a loopback address; set CARFLOW_API_TOKEN"
+                ),
+            );
         }
         if p.is_empty() {
             Ok(())

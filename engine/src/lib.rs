@@ -8,6 +8,10 @@
 //! InfluxDB; [`pipeline`] ties them together and commits offsets only once every sink is durable.
 
 #![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod batcher;
 pub mod catalog;

@@ -593,20 +593,21 @@ impl<S: Source> Pipeline<S> {
             if let Some(fresh) = fresh.filter(|r| r.num_rows() > 0) {
                 self.planner.batch.set(vec![fresh]);
                 for t in self.transforms.iter() {
-                    if let Target::Lake {
+                    let Target::Lake {
                         dataset,
                         partition_by,
                     } = &t.target
+                    else {
+                        continue;
+                    };
+                    if let Some(batches) =
+                        run_transform(t, &self.planner.batch_ctx, &self.metrics).await
                     {
-                        if let Some(batches) =
-                            run_transform(t, &self.planner.batch_ctx, &self.metrics).await
-                        {
-                            outputs.push(DatasetOutput {
-                                dataset: dataset.clone(),
-                                partition_by: partition_by.clone(),
-                                batches,
-                            });
-                        }
+                        outputs.push(DatasetOutput {
+                            dataset: dataset.clone(),
+                            partition_by: partition_by.clone(),
+                            batches,
+                        });
                     }
                 }
             }

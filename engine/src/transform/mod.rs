@@ -441,10 +441,10 @@ fn clean_message(e: &DataFusionError) -> String {
 /// Where a planning error points: the diagnostic's span, or the first mention of the name the
 /// message is about.
 fn error_location(e: &DataFusionError, sql: &str) -> Option<(u64, u64)> {
-    if let Some(span) = e.iter().find_map(|e| e.diagnostic()).and_then(|d| d.span) {
-        if span.start.line > 0 {
-            return Some((span.start.line, span.start.column));
-        }
+    if let Some(span) = e.iter().find_map(|e| e.diagnostic()).and_then(|d| d.span)
+        && span.start.line > 0
+    {
+        return Some((span.start.line, span.start.column));
     }
     let m = e.find_root().to_string();
     let name = ["No field named ", "table '", "Invalid function '"]
