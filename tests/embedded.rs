@@ -317,3 +317,104 @@ async fn a_restart_with_partitions_at_uneven_positions_rebuilds_every_open_windo
     assert!(summary.replayed > 0);
     check_lake_and_points(dir.path(), n as i64).await;
 }
+
+fn carflow(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carflow"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARFLOW_CONFIG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_demo_then_sql_count_what_the_demo_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queries().display().to_string();
+    let (ok, out) = carflow(
+        dir.path(),
+        &["demo", "--count", "7000", "--rate", "0", "--queries", &q],
+    );
+    assert!(ok, "{out}");
+    let generated: u64 = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("generated ")
+                .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no summary in:\n{out}"));
+    assert_eq!(generated, 7000);
+    assert!(
+        out.contains("carflow sql -c"),
+        "it says what to run next:\n{out}"
+    );
+    assert!(dir.path().join("data/metrics.lp").exists());
+    let (ok, out) = carflow(
+        dir.path(),
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "--quiet",
+            "-c",
+            "SELECT count(*) AS n FROM cars",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().nth(1).map(str::trim), Some("7000"), "{out}");
+    // A second demo starts fresh rather than piling onto the first.
+    let (ok, out) = carflow(
+        dir.path(),
+        &["demo", "--count", "1000", "--rate", "0", "--queries", &q],
+    );
+    assert!(ok, "{out}");
+    let (_, out) = carflow(
+        dir.path(),
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "--quiet",
+            "-c",
+            "SELECT count(*) AS n FROM cars",
+        ],
+    );
+    assert_eq!(out.lines().nth(1).map(str::trim), Some("1000"), "{out}");
+}
+
+#[test]
+fn check_refuses_a_bad_query_file_with_its_line_and_a_bad_config_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let qdir = dir.path().join("queries");
+    std::fs::create_dir(&qdir).unwrap();
+    std::fs::write(
+        qdir.join("good.sql"),
+        "INSERT INTO lake.cars SELECT * FROM transactions;\n",
+    )
+    .unwrap();
+    std::fs::write(qdir.join("bad.sql"), "-- a typo on line 3\nINSERT INTO lake.by_brand\nSELECT brnd, count(*) AS n FROM transactions GROUP BY 1;\n").unwrap();
+    let (ok, out) = carflow(dir.path(), &["check"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("bad.sql:3:8"),
+        "file:line:column of the unknown column:\n{out}"
+    );
+    assert!(out.contains("good.sql → lake.cars"), "{out}");
+    std::fs::write(
+        dir.path().join("carflow.toml"),
+        "[batch]\nlinger = \"soon\"\n",
+    )
+    .unwrap();
+    let (ok, out) = carflow(dir.path(), &["check", "--config", "carflow.toml"]);
+    assert!(!ok);
+    assert!(
+        out.contains("linger") && out.contains("500ms"),
+        "names the key and the fix:\n{out}"
+    );
+}
