@@ -113,24 +113,7 @@ async fn run(
 
 async fn check_lake_and_points(dir: &Path, good: i64) -> SessionContextHolder {
     let ctx = lake_context(&dir.join("lake").display().to_string()).await;
-    assert_eq!(
-        scalar(&ctx, "SELECT count(*) FROM cars").await,
-        good,
-        "every good record is in the lake"
-    );
-    assert_eq!(
-        scalar(
-            &ctx,
-            "SELECT count(DISTINCT (_partition, _offset)) FROM cars"
-        )
-        .await,
-        good,
-        "each (partition, offset) once"
-    );
-    assert_eq!(
-        scalar(&ctx, "SELECT count(DISTINCT transaction_id) FROM cars").await,
-        good
-    );
+    assert_lake_exact(&ctx, good).await;
     let lp = std::fs::read_to_string(dir.join("metrics.lp")).unwrap();
     let written = parse_line_protocol(&lp);
     let mut actual = written.clone();

@@ -65,46 +65,35 @@ impl EngineProcess {
         self.child = Some(child);
     }
 
-    /// Next offsets per `topic/partition` this engine has fully processed, from `/health`.
-    pub async fn processed(&self) -> BTreeMap<String, i64> {
-        let Ok(r) = self
+    /// The `/health` document (null when the engine does not answer).
+    pub async fn health(&self) -> serde_json::Value {
+        match self
             .http
             .get(format!("http://{}/health", self.addr))
             .send()
             .await
-        else {
-            return BTreeMap::new();
-        };
-        let v: serde_json::Value = r.json().await.unwrap_or_default();
-        v["processed"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// Next offsets per `topic/partition` this engine has fully processed, from `/health`.
+    pub async fn processed(&self) -> BTreeMap<String, i64> {
+        let v = self.health().await;
+        let m = v["processed"].as_object().cloned().unwrap_or_default();
+        m.into_iter()
+            .map(|(k, v)| (k, v.as_i64().unwrap_or(0)))
+            .collect()
     }
 
     /// Partitions this engine owns now, from `/health`.
     pub async fn owned(&self) -> Vec<String> {
-        let Ok(r) = self
-            .http
-            .get(format!("http://{}/health", self.addr))
-            .send()
-            .await
-        else {
-            return Vec::new();
-        };
-        let v: serde_json::Value = r.json().await.unwrap_or_default();
-        v["owned"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let v = self.health().await;
+        let a = v["owned"].as_array().cloned().unwrap_or_default();
+        a.iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
     }
 
     /// One counter or gauge from `/metrics` (0 when absent).

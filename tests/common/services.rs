@@ -36,6 +36,20 @@ fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
 }
 
+/// Run `fut` to completion on a fresh runtime in another thread (for cleanup in `Drop`, which
+/// may run inside or outside a runtime).
+fn block_on_thread<F: std::future::Future + Send + 'static>(fut: F) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(fut);
+        }
+    })
+    .join();
+}
+
 /// A unique name for a test resource.
 pub fn unique(prefix: &str) -> String {
     format!(
@@ -124,14 +138,9 @@ pub struct Topic {
 impl Drop for Topic {
     fn drop(&mut self) {
         let (name, admin) = (self.name.clone(), self.kafka.admin());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let _ = rt.block_on(admin.delete_topics(&[&name], &AdminOptions::new()));
-        })
-        .join();
+        block_on_thread(async move {
+            let _ = admin.delete_topics(&[&name], &AdminOptions::new()).await;
+        });
     }
 }
 
@@ -176,25 +185,20 @@ pub struct HdfsDir {
 impl Drop for HdfsDir {
     fn drop(&mut self) {
         let url = self.url.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let loc = Location::open(&url).unwrap();
-                let files: Vec<_> = loc
-                    .store
-                    .list(Some(&loc.prefix))
-                    .try_collect()
-                    .await
-                    .unwrap_or_default();
-                for f in files {
-                    let _ = loc.store.delete(&f.location).await;
-                }
-            });
-        })
-        .join();
+        block_on_thread(async move {
+            let Ok(loc) = Location::open(&url) else {
+                return;
+            };
+            let files: Vec<_> = loc
+                .store
+                .list(Some(&loc.prefix))
+                .try_collect()
+                .await
+                .unwrap_or_default();
+            for f in files {
+                let _ = loc.store.delete(&f.location).await;
+            }
+        });
     }
 }
 
@@ -318,21 +322,15 @@ impl InfluxDb {
 impl Drop for InfluxDb {
     fn drop(&mut self) {
         let (db, influx) = (self.name.clone(), self.influx.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let _ = influx
-                    .http
-                    .post(format!("{}/query", influx.url))
-                    .query(&[("q", format!("DROP DATABASE \"{db}\""))])
-                    .send()
-                    .await;
-            });
-        })
-        .join();
+        block_on_thread(async move {
+            let drop_db = [("q", format!("DROP DATABASE \"{db}\""))];
+            let _ = influx
+                .http
+                .post(format!("{}/query", influx.url))
+                .query(&drop_db)
+                .send()
+                .await;
+        });
     }
 }
 

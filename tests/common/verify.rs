@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use carflow_engine::catalog::register_lake;
-use carflow_engine::sink::line_protocol::{PointMapping, encode_batch};
+use carflow_engine::sink::line_protocol::{
+    PointMapping, encode_batch, split_escaped as split, unescape_key as unescape,
+};
 use carflow_engine::storage::Location;
 use carflow_engine::transform::{Planner, Target, TransformSet};
 use datafusion::arrow::array::RecordBatch;
@@ -17,31 +19,6 @@ pub type PointKey = (String, Vec<(String, String)>, i64);
 pub type Fields = BTreeMap<String, f64>;
 /// Points by key.
 pub type Points = BTreeMap<PointKey, Fields>;
-
-/// Split on `sep` outside backslash escapes (InfluxDB's scanner).
-fn split(s: &str, sep: char) -> Vec<String> {
-    let (mut parts, mut cur, mut it) = (Vec::new(), String::new(), s.chars());
-    while let Some(c) = it.next() {
-        if c == '\\' {
-            cur.push(c);
-            if let Some(n) = it.next() {
-                cur.push(n);
-            }
-        } else if c == sep {
-            parts.push(std::mem::take(&mut cur));
-        } else {
-            cur.push(c);
-        }
-    }
-    parts.push(cur);
-    parts
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\,", ",")
-        .replace("\\=", "=")
-        .replace("\\ ", " ")
-}
 
 /// Parse line protocol; a later line for the same (series, time) replaces an earlier one, as in
 /// InfluxDB.
@@ -105,6 +82,26 @@ pub async fn scalar(ctx: &SessionContext, sql: &str) -> i64 {
     let b = query(ctx, sql).await;
     let v = datafusion::arrow::util::display::array_value_to_string(b[0].column(0), 0).unwrap();
     v.parse().unwrap_or_else(|_| panic!("{sql} gave {v}"))
+}
+
+/// The lake holds `good` rows in `cars`, each (partition, offset) and each transaction once.
+pub async fn assert_lake_exact(ctx: &SessionContext, good: i64) {
+    assert_eq!(
+        scalar(ctx, "SELECT count(*) FROM cars").await,
+        good,
+        "every good record is in the lake"
+    );
+    let distinct = "SELECT count(DISTINCT (_partition, _offset)) FROM cars";
+    assert_eq!(
+        scalar(ctx, distinct).await,
+        good,
+        "each (partition, offset) once"
+    );
+    assert_eq!(
+        scalar(ctx, "SELECT count(DISTINCT transaction_id) FROM cars").await,
+        good,
+        "each transaction once"
+    );
 }
 
 /// The points every Influx query of `queries_dir` gives when run over the whole lake.

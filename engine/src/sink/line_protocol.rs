@@ -164,6 +164,33 @@ pub fn escape_string_field(s: &str) -> String {
     out
 }
 
+/// Split a line-protocol section on `sep` the way InfluxDB's scanner does: a backslash makes the
+/// next character literal. The parts keep their escapes; [`unescape_key`] removes them.
+pub fn split_escaped(s: &str, sep: char) -> Vec<String> {
+    let (mut parts, mut cur, mut chars) = (Vec::new(), String::new(), s.chars());
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            cur.push(c);
+            if let Some(n) = chars.next() {
+                cur.push(n);
+            }
+        } else if c == sep {
+            parts.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    parts
+}
+
+/// Undo [`escape_key`] as InfluxDB does: `\,`, `\=` and `\ ` become the character.
+pub fn unescape_key(s: &str) -> String {
+    s.replace("\\,", ",")
+        .replace("\\=", "=")
+        .replace("\\ ", " ")
+}
+
 /// Timestamp of row `i` in milliseconds, or `None` when null.
 fn time_ms(col: &ArrayRef, i: usize) -> Option<i64> {
     if col.is_null(i) {

@@ -31,31 +31,7 @@ fn encode(m: &str, b: &RecordBatch) -> String {
     out
 }
 
-/// A reading of a line the way InfluxDB's scanner does it (models/points.go): a backslash makes
-/// the next byte literal for scanning; unescaping only turns `\,` `\=` `\ ` back into the char.
-fn split_unescaped(s: &str, sep: char) -> Vec<String> {
-    let (mut parts, mut cur, mut chars) = (Vec::new(), String::new(), s.chars());
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            cur.push(c);
-            if let Some(n) = chars.next() {
-                cur.push(n);
-            }
-        } else if c == sep {
-            parts.push(std::mem::take(&mut cur));
-        } else {
-            cur.push(c);
-        }
-    }
-    parts.push(cur);
-    parts
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\,", ",")
-        .replace("\\=", "=")
-        .replace("\\ ", " ")
-}
+use super::{split_escaped as split_unescaped, unescape_key as unescape};
 
 #[test]
 fn the_reference_example_encodes_exactly() {
