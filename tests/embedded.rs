@@ -401,3 +401,30 @@ fn check_refuses_a_bad_query_file_with_its_line_and_a_bad_config_with_its_key() 
         "names the key and the fix:\n{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_influx_query_without_aggregation_writes_one_point_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("queries");
+    std::fs::create_dir(&q).unwrap();
+    std::fs::copy(queries().join("cars.sql"), q.join("cars.sql")).unwrap();
+    std::fs::write(
+        q.join("luxury.sql"),
+        "INSERT INTO influx.luxury_sales\nSELECT sold_at AS time, brand, model, price FROM transactions WHERE price > 90000;\n",
+    )
+    .unwrap();
+    let mut c = config(dir.path(), 1_000);
+    c.queries.dir = q;
+    run(MemorySource::new(messages(17, 8_000, &[])), &c).await;
+    let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
+    let want = scalar(
+        &ctx,
+        "SELECT count(DISTINCT (brand, model, sold_at)) FROM cars WHERE price > 90000",
+    )
+    .await;
+    assert!(want > 10, "{want} luxury sales");
+    let points =
+        parse_line_protocol(&std::fs::read_to_string(dir.path().join("metrics.lp")).unwrap());
+    let luxury = points.keys().filter(|k| k.0 == "luxury_sales").count() as i64;
+    assert_eq!(luxury, want);
+}
