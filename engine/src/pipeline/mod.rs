@@ -7,6 +7,8 @@
 //! sink holds and what the open windows still need. A sink that is down stops the loop (retried
 //! with backoff, nothing committed); bad data never does.
 
+mod influx_step;
+mod lake_step;
 mod partitions;
 pub mod state;
 
@@ -15,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use tokio::time::Instant;
@@ -26,13 +27,11 @@ use crate::checkpoint::PartitionLedger;
 use crate::config::Config;
 use crate::metrics::{Health, Metrics};
 use crate::retry::{Backoff, RetryError, Transient, retry};
-use crate::sink::dead_letter;
 use crate::sink::influx::{InfluxError, InfluxSink};
-use crate::sink::lake::{DatasetOutput, LakeError, LakeSink};
-use crate::sink::line_protocol::encode_batch;
+use crate::sink::lake::{LakeError, LakeSink};
 use crate::source::{Message, PartitionCommit, Source, SourceError, SourceEvent};
 use crate::transform::window::{WindowSpec, Windowing};
-use crate::transform::{Planner, QueryError, Target, Transform, TransformSet};
+use crate::transform::{Planner, QueryError, Target, TransformSet};
 use crate::windows::{TopicPartition, Watermarks, WindowStore};
 use partitions::{offset_ranges, split_by_partition};
 use state::{CommitMeta, store_key};
@@ -563,245 +562,6 @@ impl<S: Source> Pipeline<S> {
         messages
     }
 
-    /// Write one partition's new rows to every lake dataset; returns rows written.
-    async fn write_lake(
-        &mut self,
-        tp: &TopicPartition,
-        (first, last, count): (i64, i64, u64),
-        rows: Option<&RecordBatch>,
-        dead: &[&DeadLetter],
-        shutdown: &CancellationToken,
-    ) -> Result<u64, Stop> {
-        loop {
-            let Some(ledger) = self.partitions.get(tp).map(|s| s.ledger.clone()) else {
-                return Ok(0);
-            };
-            let from = ledger.next_offset;
-            if last < from {
-                self.note_replayed(count);
-                return Ok(0);
-            }
-            let fresh = rows
-                .map(|r| partitions::from_offset(r, from))
-                .transpose()
-                .map_err(PipelineError::from)?;
-            let fresh_dead: Vec<&DeadLetter> =
-                dead.iter().copied().filter(|d| d.offset >= from).collect();
-            let fresh_count = fresh.as_ref().map_or(0, |r| r.num_rows()) + fresh_dead.len();
-            self.note_replayed(count.saturating_sub(fresh_count as u64));
-            let mut outputs = Vec::new();
-            if let Some(fresh) = fresh.filter(|r| r.num_rows() > 0) {
-                self.planner.batch.set(vec![fresh]);
-                for t in self.transforms.iter() {
-                    let Target::Lake {
-                        dataset,
-                        partition_by,
-                    } = &t.target
-                    else {
-                        continue;
-                    };
-                    if let Some(batches) =
-                        run_transform(t, &self.planner.batch_ctx, &self.metrics).await
-                    {
-                        outputs.push(DatasetOutput {
-                            dataset: dataset.clone(),
-                            partition_by: partition_by.clone(),
-                            batches,
-                        });
-                    }
-                }
-            }
-            if !fresh_dead.is_empty() {
-                let now = chrono::Utc::now().timestamp_millis();
-                outputs.push(dead_letter::output(&fresh_dead, now).map_err(PipelineError::from)?);
-            }
-            let files = self
-                .lake
-                .encode(&tp.0, tp.1, (first.max(from), last), &outputs)
-                .map_err(PipelineError::from)?;
-            let written: Vec<(String, u64)> = files
-                .iter()
-                .map(|f| (f.dataset.clone(), f.rows as u64))
-                .collect();
-            let lake = self.lake.clone();
-            let attempt = retry("lake commit", &self.options.backoff, shutdown, || {
-                let (lake, mut ledger, files) = (lake.clone(), ledger.clone(), files.clone());
-                async move {
-                    lake.commit(&mut ledger, last + 1, files)
-                        .await
-                        .map(|()| ledger)
-                }
-            })
-            .await;
-            match attempt {
-                Ok(ledger) => {
-                    if let Some(s) = self.partitions.get_mut(tp) {
-                        s.ledger = ledger;
-                    }
-                    let mut total = 0;
-                    for (dataset, n) in written {
-                        self.metrics.rows("lake", &dataset, n);
-                        if dataset == dead_letter::DATASET {
-                            self.metrics.dead_letters.inc_by(n);
-                            self.summary.dead_letters += n;
-                        } else {
-                            total += n;
-                        }
-                        *self.summary.lake_rows.entry(dataset).or_default() += n;
-                    }
-                    return Ok(total);
-                }
-                Err(RetryError::Permanent(LakeError::Ledger(
-                    crate::checkpoint::LedgerError::Fenced { .. },
-                ))) => {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, "lake ledger moved on under us (another writer or a retried commit); reloading it");
-                    self.partitions.remove(tp);
-                    self.ensure_partition(tp).await?;
-                }
-                Err(RetryError::Permanent(e)) => return Err(Stop::Failed(e.into())),
-                Err(RetryError::Shutdown(_)) => return Err(Stop::Shutdown),
-            }
-        }
-    }
-
-    fn note_replayed(&mut self, n: u64) {
-        if n > 0 {
-            self.metrics.replayed.inc_by(n);
-            self.summary.replayed += n;
-        }
-    }
-
-    /// Points of every Influx transform for this batch: (body, points, late rows).
-    async fn influx_points(
-        &mut self,
-        rows: &RecordBatch,
-        groups: &HashMap<TopicPartition, RecordBatch>,
-        replay_below: &HashMap<TopicPartition, i64>,
-    ) -> Result<(String, u64, u64), Stop> {
-        let mut body = String::new();
-        let mut points = 0u64;
-        let mut late = 0u64;
-        let per_row: Vec<&Transform> = self
-            .transforms
-            .iter()
-            .filter(|t| {
-                matches!(
-                    t.target,
-                    Target::Influx {
-                        windowing: Windowing::PerRow,
-                        ..
-                    }
-                )
-            })
-            .collect();
-        if !per_row.is_empty() && rows.num_rows() > 0 {
-            self.planner.batch.set(vec![rows.clone()]);
-            for t in per_row {
-                points += emit(t, &self.planner.batch_ctx, &self.metrics, &mut body).await;
-            }
-        }
-        for (spec, st) in &mut self.stores {
-            for (tp, part) in groups {
-                if let Some(max) =
-                    partitions::max_time(part, &spec.column).map_err(PipelineError::from)?
-                {
-                    st.marks.observe(tp.clone(), max);
-                }
-            }
-            let added = st
-                .store
-                .add(rows, replay_below)
-                .map_err(PipelineError::from)?;
-            late += added.late_rows as u64;
-            if added.late_rows > 0 {
-                tracing::warn!(
-                    late = added.late_rows,
-                    closed_before = ?st.store.closed_before(),
-                    watermark = ?st.marks.current(),
-                    clocks = %st.marks.describe(),
-                    "rows later than the allowed lateness: kept in the lake, not in their (closed) windows"
-                );
-            }
-            if !added.touched.is_empty() {
-                self.planner.windows.set(st.store.rows_of(&added.touched));
-                for t in self.transforms.iter() {
-                    if matches!(&t.target, Target::Influx { windowing: Windowing::Windowed(w), .. } if w == spec)
-                    {
-                        points += emit(t, &self.planner.window_ctx, &self.metrics, &mut body).await;
-                    }
-                }
-            }
-            let (_, early) = st
-                .store
-                .close(st.marks.current(), self.options.max_window_rows);
-            if early > 0 {
-                tracing::warn!(
-                    windows = early,
-                    max_rows = self.options.max_window_rows,
-                    "closed windows early: windows.max_rows reached"
-                );
-                self.metrics.windows_closed_early.inc_by(early as u64);
-            }
-        }
-        self.planner.windows.set(Vec::new());
-        Ok((body, points, late))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn engine_point(
-        &self,
-        body: &mut String,
-        records: u64,
-        rows: u64,
-        dead: usize,
-        late: u64,
-        points: u64,
-        started: Instant,
-        lag: Option<i64>,
-    ) {
-        use std::fmt::Write as _;
-        let id = crate::sink::line_protocol::escape_key(&self.options.engine_id);
-        let _ = writeln!(
-            body,
-            "carflow_engine,engine={id} records_in={records}i,rows_out={rows}i,dead_letters={dead}i,late_rows={late}i,points={points}i,batch_ms={:.3},lag={}i {}",
-            started.elapsed().as_secs_f64() * 1000.0,
-            lag.unwrap_or(0),
-            chrono::Utc::now().timestamp_millis()
-        );
-    }
-
-    async fn write_influx(&mut self, body: &str, shutdown: &CancellationToken) -> Result<(), Stop> {
-        if body.is_empty() {
-            return Ok(());
-        }
-        let sink = &self.influx;
-        let metrics = &self.metrics;
-        let health = &self.health;
-        let attempt = retry("influx write", &self.options.backoff, shutdown, || async {
-            let r = sink.write(body).await;
-            if let Err(e) = &r {
-                metrics.error("influx");
-                if e.is_transient() {
-                    health.set_problem(Some(e.to_string()));
-                }
-            }
-            r
-        })
-        .await;
-        match attempt {
-            Ok(()) => Ok(()),
-            Err(RetryError::Permanent(InfluxError::Rejected {
-                status, message, ..
-            })) => {
-                tracing::error!(status, %message, "InfluxDB rejected this batch's points; they are skipped (the lake has every row)");
-                self.metrics.influx_rejected.inc();
-                Ok(())
-            }
-            Err(RetryError::Permanent(e)) => Err(Stop::Failed(e.into())),
-            Err(RetryError::Shutdown(_)) => Err(Stop::Shutdown),
-        }
-    }
-
     /// Commit, per owned partition, the lowest offset any sink or open window still needs.
     async fn commit_source(&mut self) {
         let mut commits = Vec::new();
@@ -841,47 +601,6 @@ impl<S: Source> Pipeline<S> {
     }
 }
 
-/// Run a transform; a runtime failure is logged and counted, and the batch goes on without it.
-async fn run_transform(
-    t: &Transform,
-    ctx: &datafusion::prelude::SessionContext,
-    metrics: &Metrics,
-) -> Option<Vec<RecordBatch>> {
-    match t.execute(ctx).await {
-        Ok(b) => Some(b),
-        Err(e) => {
-            tracing::error!(file = %t.file.display(), target = %t.target_name(), error = %e, "transform failed on this batch; its output for the batch is skipped");
-            metrics.error("transform");
-            None
-        }
-    }
-}
-
-async fn emit(
-    t: &Transform,
-    ctx: &datafusion::prelude::SessionContext,
-    metrics: &Metrics,
-    body: &mut String,
-) -> u64 {
-    let Target::Influx {
-        measurement,
-        mapping,
-        ..
-    } = &t.target
-    else {
-        return 0;
-    };
-    let Some(batches) = run_transform(t, ctx, metrics).await else {
-        return 0;
-    };
-    let mut n = 0;
-    for b in &batches {
-        n += encode_batch(measurement, mapping, b, body) as u64;
-    }
-    metrics.rows("influx", measurement, n);
-    n
-}
-
 /// Why processing stopped.
 enum Stop {
     Shutdown,
@@ -893,6 +612,3 @@ impl From<PipelineError> for Stop {
         Stop::Failed(e)
     }
 }
-
-#[cfg(test)]
-mod tests;
