@@ -43,4 +43,10 @@ if [[ "${1:-}" == "--" ]]; then shift; args=("$@"); fi
 step "cargo test --workspace ${args[*]:-}"
 cargo test --workspace "${args[@]}"
 
+if [[ ${#args[@]} -eq 0 ]]; then
+    # Tests that stop and restart a shared service run alone, after everything else.
+    step "cargo test (tests that restart a service, one at a time)"
+    cargo test -p carflow-api --test intake -- --ignored --test-threads 1
+fi
+
 step "done in $(( $(date +%s) - started ))s"

@@ -68,6 +68,34 @@ Example:
   carflow generate --count 200000                 as fast as possible
   carflow generate --duration 10m --rate 500      a steady stream")]
     Generate(GenerateArgs),
+    /// Serve the HTTP API: POST /api/logs → Kafka, GET /api/stream_car_transactions, /health, /metrics.
+    #[command(after_help = "\
+Listens on api.listen (default 127.0.0.1:8080); a non-loopback address needs api.token (CARFLOW_API_TOKEN),
+which POST /api/logs and ?publish=true then require as `Authorization: Bearer <token>`.
+Ctrl-C or SIGTERM: stop accepting, end open streams, finish requests in progress, flush the producer.
+Examples:
+  carflow api --config deploy/carflow.toml
+  curl -N 'http://127.0.0.1:8080/api/stream_car_transactions?rate=5&count=20&seed=7'
+  curl -N -H 'Accept: text/event-stream' 'http://127.0.0.1:8080/api/stream_car_transactions?rate=2'
+  curl -H 'Content-Type: application/x-ndjson' --data-binary @sales.ndjson http://127.0.0.1:8080/api/logs
+  curl http://127.0.0.1:8080/openapi.json")]
+    Api(ApiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address to listen on (default: api.listen).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Brokers (default: kafka.brokers).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Topic (default: kafka.topic).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// How long Kafka has to acknowledge a record before the request answers 503 for it.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub delivery_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! `carflow`: the command line. A thin layer over `carflow-engine` and `carflow-api`.
 
+mod api;
 mod check;
 mod cli;
 mod demo;
@@ -41,6 +42,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(&cli.global, args).await,
         Command::Run(args) => run::run(&cli.global, args).await,
         Command::Generate(args) => generate::run(&cli.global, args).await,
+        Command::Api(args) => api::run(&cli.global, args).await,
     }
 }
 
@@ -53,6 +55,7 @@ fn init_logging(cli: &Cli) {
             "warn"
         }
         (Command::Run(_), _) => "info",
+        (Command::Api(_), _) => "info",
     };
     let filter = EnvFilter::try_from_env("CARFLOW_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!(
