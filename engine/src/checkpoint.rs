@@ -300,7 +300,7 @@ impl OffsetLedger {
 
     /// Rename staged files to their visible names; a move already done is skipped.
     async fn finish_moves(&self, files: &[FileMove]) -> Result<(), LedgerError> {
-        for f in files {
+        let moves = files.iter().map(|f| async move {
             let (from, to) = (
                 Path::from(f.staged.as_str()),
                 Path::from(f.visible.as_str()),
@@ -316,7 +316,9 @@ impl OffsetLedger {
                     });
                 }
             }
-        }
+            Ok(())
+        });
+        futures::future::try_join_all(moves).await?;
         Ok(())
     }
 }

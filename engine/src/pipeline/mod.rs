@@ -33,6 +33,7 @@ use crate::source::{Message, PartitionCommit, Source, SourceError, SourceEvent};
 use crate::transform::window::{WindowSpec, Windowing};
 use crate::transform::{Planner, QueryError, Target, TransformSet};
 use crate::windows::{TopicPartition, Watermarks, WindowStore};
+use lake_step::LakeInput;
 use partitions::{offset_ranges, split_by_partition};
 use state::{CommitMeta, store_key};
 
@@ -473,12 +474,19 @@ impl<S: Source> Pipeline<S> {
                     .map(|p| (tp.clone(), p.ledger.next_offset))
             })
             .collect();
-        let mut lake_rows = 0u64;
-        for (tp, range) in &ranges {
-            let rows = groups.get(tp);
-            let d = dead.get(tp).map(Vec::as_slice).unwrap_or_default();
-            lake_rows += self.write_lake(tp, *range, rows, d, shutdown).await?;
-        }
+        let decoded_at = Instant::now();
+        let inputs: Vec<LakeInput<'_>> = ranges
+            .iter()
+            .map(|(tp, range)| LakeInput {
+                tp,
+                range: *range,
+                rows: groups.get(tp),
+                dead: dead.get(tp).map(Vec::as_slice).unwrap_or_default(),
+            })
+            .collect();
+        let lake_rows = self.write_lake_all(&inputs, shutdown).await?;
+        drop(inputs);
+        let lake_at = Instant::now();
         let (body, points, late) = self
             .influx_points(&decoded.rows, &groups, &replay_below)
             .await?;
@@ -497,7 +505,9 @@ impl<S: Source> Pipeline<S> {
                 lag,
             );
         }
+        let transformed_at = Instant::now();
         self.write_influx(&body, shutdown).await?;
+        let influx_at = Instant::now();
         for (tp, range) in &ranges {
             if let Some(p) = self.partitions.get_mut(tp) {
                 p.next_processed = Some(range.1 + 1);
@@ -529,6 +539,11 @@ impl<S: Source> Pipeline<S> {
             late,
             points,
             ms = started.elapsed().as_millis() as u64,
+            decode_ms = (decoded_at - started).as_millis() as u64,
+            lake_ms = (lake_at - decoded_at).as_millis() as u64,
+            windows_ms = (transformed_at - lake_at).as_millis() as u64,
+            influx_ms = (influx_at - transformed_at).as_millis() as u64,
+            commit_ms = influx_at.elapsed().as_millis() as u64,
             "batch committed"
         );
         Ok(())

@@ -149,6 +149,10 @@ impl LakeSink {
     }
 
     /// Stage `files` and commit them with the ledger entry `next_offset` for this partition.
+    ///
+    /// The files are staged concurrently: on HDFS each file's close waits for the datanode to
+    /// report the block (hdfs-native retries `complete` after 500 ms), so one file after the other
+    /// would cost that wait per file.
     pub async fn commit(
         &self,
         ledger: &mut PartitionLedger,
@@ -158,23 +162,25 @@ impl LakeSink {
         let staging = self
             .ledger
             .staging_dir(&ledger.topic, ledger.partition, ledger.seq + 1);
-        let mut moves = Vec::with_capacity(files.len());
-        for f in files {
-            let staged = join(&staging, &format!("{}/{}", f.dataset, f.relative));
+        let moves = files
+            .iter()
+            .map(|f| FileMove {
+                staged: join(&staging, &format!("{}/{}", f.dataset, f.relative)).to_string(),
+                visible: self.location.path(&[&f.dataset, &f.relative]).to_string(),
+            })
+            .collect::<Vec<_>>();
+        let puts = files.into_iter().zip(&moves).map(|(f, m)| async move {
+            let staged = Path::from(m.staged.as_str());
             self.location
                 .store
                 .put(&staged, PutPayload::from(f.bytes))
                 .await
                 .map_err(|source| LakeError::Store {
-                    path: staged.to_string(),
+                    path: m.staged.clone(),
                     source,
-                })?;
-            let visible = self.location.path(&[&f.dataset, &f.relative]);
-            moves.push(FileMove {
-                staged: staged.to_string(),
-                visible: visible.to_string(),
-            });
-        }
+                })
+        });
+        futures::future::try_join_all(puts).await?;
         self.ledger.commit(ledger, next_offset, moves).await?;
         Ok(())
     }

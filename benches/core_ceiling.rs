@@ -1,0 +1,103 @@
+//! The CPU ceiling of the engine core: arrow-json decode (the engine's own `decode_batch`, with its
+//! dead-letter checks) + snappy Parquet encode of the same generated transactions the end-to-end
+//! benchmark reads from Kafka (seed 42), on one thread, nothing else — no SQL, no I/O.
+//!
+//! ```text
+//! cargo bench --bench core_ceiling -- [--records N] [--batch ROWS] [--out FILE.json]
+//! ```
+//!
+//! Prints records per CPU-second (= per core) and, with `--out`, writes
+//! `{"records_per_cpu_s": …, "records": …, "cpu_s": …, "source": …}` for `benches/harness`.
+//! The messages are generated before the clock starts; CPU time is the process's user + system
+//! time (getrusage) around the decode + encode loop.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use carflow_engine::batcher::decode_batch;
+use carflow_engine::generator::{Clock, Generator, GeneratorConfig};
+use carflow_engine::sink::lake::encode_parquet;
+use carflow_engine::source::Message;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    assert_eq!(rc, 0, "getrusage failed");
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn main() {
+    let mut records = 1_000_000usize;
+    let mut batch = 50_000usize;
+    let mut out: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--records" => records = args.next().and_then(|v| v.parse().ok()).expect("--records N"),
+            "--batch" => batch = args.next().and_then(|v| v.parse().ok()).expect("--batch ROWS"),
+            "--out" => out = args.next(),
+            // `cargo bench` passes `--bench`; criterion-style filters are ignored.
+            _ => {}
+        }
+    }
+    let mut g = Generator::new(GeneratorConfig {
+        seed: 42,
+        clock: Clock::Simulated {
+            start_ms: 1_767_225_600_000,
+            mean_per_hour: 30_000.0,
+        },
+    });
+    let topic: Arc<str> = Arc::from("bench");
+    let messages: Vec<Message> = (0..records)
+        .map(|i| {
+            let mut payload = Vec::with_capacity(512);
+            g.write_json(&mut payload);
+            Message {
+                topic: Arc::clone(&topic),
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: Some(0),
+                payload: Some(payload),
+            }
+        })
+        .collect();
+    let json_bytes: usize = messages
+        .iter()
+        .map(|m| m.payload.as_ref().map_or(0, Vec::len))
+        .sum();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let (mut rows, mut parquet_bytes) = (0usize, 0usize);
+    for chunk in messages.chunks(batch) {
+        let decoded = decode_batch(chunk, 1 << 20).expect("decode");
+        assert!(decoded.dead_letters.is_empty(), "generated rows must decode");
+        rows += decoded.rows.num_rows();
+        parquet_bytes += encode_parquet(&decoded.rows, &props).expect("encode").len();
+    }
+    let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
+    assert_eq!(rows, records);
+
+    let rate = records as f64 / cpu;
+    println!(
+        "core ceiling: {records} records ({:.1} MB JSON → {:.1} MB Parquet) decoded + encoded in \
+         {cpu:.2} CPU s ({wall:.2} s wall), batches of {batch}: {rate:.0} records per CPU-second",
+        json_bytes as f64 / 1e6,
+        parquet_bytes as f64 / 1e6,
+    );
+    if let Some(path) = out {
+        let fig = format!(
+            "{{\"records_per_cpu_s\": {rate:.1}, \"records\": {records}, \"cpu_s\": {cpu:.4}, \
+             \"wall_s\": {wall:.4}, \"json_bytes\": {json_bytes}, \"parquet_bytes\": {parquet_bytes}, \
+             \"batch\": {batch}, \"source\": \"cargo bench --bench core_ceiling (decode_batch + \
+             encode_parquet, snappy, one thread)\"}}\n"
+        );
+        std::fs::write(&path, fig).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+    }
+}
