@@ -1,0 +1,931 @@
+#!/usr/bin/env python3
+"""carflow end-to-end benchmark, side by side with its baseline and ceilings, on this machine.
+
+Run it through benches/harness/run.sh (which installs pyspark, psutil, matplotlib and the Spark Kafka
+jars first). Stages, one after the other, never overlapping, all on the same Kafka topic:
+
+  kafka            Kafka's own ConsumerPerformance: how fast can anything read the topic (ceiling)
+  carflow          `carflow run` with the shipped queries/: raw lake on HDFS + InfluxDB windows
+  spark-stateful   Spark Structured Streaming, one query per output, windows in Spark's state store
+  spark-recompute  Spark Structured Streaming, one query, foreachBatch recomputes touched windows
+  demo             `carflow demo`: generator → SQL → Parquet on local disk, no Kafka (engine core)
+  core-ceiling     arrow-json decode + Parquet encode of the same rows in one process
+                   (cargo bench --bench core_ceiling)
+
+Every figure comes from the process tree of the system under test: wall time, CPU time (user +
+system of every process in the tree), peak RSS (sum over the tree, sampled every 100 ms; at least
+the kernel's max RSS of the largest process). Results go to benches/results/<date>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+HARNESS = REPO / "benches" / "harness"
+SPARK_JOB = REPO / "benches" / "spark" / "carflow_spark.py"
+CONFIG = REPO / "deploy" / "carflow.toml"
+SERVICES = REPO / "deploy" / "services.sh"
+BROKERS = "127.0.0.1:9092"
+HDFS = "hdfs://127.0.0.1:9000"
+WEBHDFS = "http://127.0.0.1:9870/webhdfs/v1"
+INFLUX = "http://127.0.0.1:8086"
+STAGES = ["kafka", "carflow", "spark-stateful", "spark-recompute", "demo", "core-ceiling"]
+MEASUREMENTS = ["sales_by_brand", "sales_by_state", "sales_by_payment", "sales_by_model", "price_percentiles"]
+
+
+class BenchError(Exception):
+    """A stage failed; the message says what and where to look."""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measured processes
+
+
+class Measured:
+    """A child process tree, in its own process group, with CPU and memory sampled."""
+
+    live: list["Measured"] = []
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path, env: dict | None = None,
+                 cwd: Path = REPO, interval: float = 0.1):
+        self.name, self.cmd, self.log_path = name, cmd, log_path
+        self.logf = open(log_path, "wb")
+        self.t_start = time.time()
+        self.p = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  env=env, cwd=cwd, start_new_session=True)
+        self.pgid = self.p.pid
+        Measured.live.append(self)
+        self.root = psutil.Process(self.p.pid)
+        self.cpu: dict[tuple[int, float], float] = {}  # (pid, create_time) -> user+system seconds
+        self.peak_rss = 0
+        self.timeline: list[tuple[float, float, int]] = []  # (time, CPU seconds so far, RSS)
+        self.rusage = None
+        self.rc: int | None = None
+        self.t_exit: float | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._interval = interval
+        self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        try:
+            procs = [self.root] + self.root.children(recursive=True)
+        except psutil.Error:
+            return
+        rss = 0
+        for pr in procs:
+            try:
+                with pr.oneshot():
+                    t = pr.cpu_times()
+                    m = pr.memory_info().rss
+                    key = (pr.pid, pr.create_time())
+            except psutil.Error:
+                continue
+            rss += m
+            with self._lock:
+                self.cpu[key] = t.user + t.system
+        self.peak_rss = max(self.peak_rss, rss)
+        with self._lock:
+            self.timeline.append((time.time(), sum(self.cpu.values()), rss))
+
+    def _sample_loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self._interval)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the tree so far (sampled), or at exit the larger of sampled and rusage."""
+        with self._lock:
+            sampled = sum(self.cpu.values())
+        if self.rusage is not None:
+            return max(sampled, self.rusage.ru_utime + self.rusage.ru_stime)
+        return sampled
+
+    def cpu_at(self, t: float) -> float:
+        """CPU seconds of the tree at time t (the last sample at or before it)."""
+        with self._lock:
+            before = [c for (ts, c, _) in self.timeline if ts <= t]
+        return before[-1] if before else 0.0
+
+    def peak_rss_bytes(self) -> int:
+        kernel = self.rusage.ru_maxrss * 1024 if self.rusage is not None else 0
+        return max(self.peak_rss, kernel)
+
+    def poll(self) -> int | None:
+        if self.rc is not None:
+            return self.rc
+        self._sample()
+        pid, status, ru = os.wait4(self.p.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        self.t_exit = time.time()
+        self.rusage = ru
+        self.rc = os.waitstatus_to_exitcode(status)
+        self.p.returncode = self.rc  # reaped here, not by Popen
+        self._stop.set()
+        self.logf.close()
+        # stragglers left in the group (none expected)
+        self._killpg(signal.SIGKILL)
+        if self in Measured.live:
+            Measured.live.remove(self)
+        return self.rc
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.poll() is not None:
+                return self.rc
+            time.sleep(0.05)
+        return None
+
+    def _killpg(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, grace: float = 30.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the group, wait `grace` seconds, then SIGKILL."""
+        if self.poll() is not None:
+            return self.rc
+        self._killpg(sig)
+        if self.wait(grace) is None:
+            log(f"{self.name}: still running {grace:.0f}s after signal {sig}; killing the process group")
+            self._killpg(signal.SIGKILL)
+            self.wait(10)
+        return self.rc
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for m in list(cls.live):
+            log(f"cleanup: stopping {m.name} (pid {m.p.pid})")
+            m.stop(grace=10)
+
+
+def _on_signal(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Services: Kafka tools, InfluxDB, WebHDFS
+
+
+def kafka_classpath() -> str:
+    out = subprocess.run([str(SERVICES), "classpath", "kafka"], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise BenchError(f"deploy/services.sh classpath kafka failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def kafka_tool(cp: str, cls: str, *args: str, timeout: float = 120) -> str:
+    cmd = ["java", "-Xmx512m", "-cp", cp, cls, "--bootstrap-server", BROKERS, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        raise BenchError(f"{cls.rsplit('.', 1)[-1]} {' '.join(args)} failed:\n{out.stderr.strip()[-2000:]}")
+    return out.stdout
+
+
+def topic_offsets(cp: str, topic: str) -> dict[int, tuple[int, int]] | None:
+    """{partition: (earliest, latest)}, or None when the topic does not exist."""
+    topics = kafka_tool(cp, "org.apache.kafka.tools.TopicCommand", "--list").split()
+    if topic not in topics:
+        return None
+    res: dict[int, list[int]] = {}
+    for when, idx in (("-2", 0), ("-1", 1)):
+        out = kafka_tool(cp, "org.apache.kafka.tools.GetOffsetShell", "--topic", topic, "--time", when)
+        for line in out.split():
+            t, p, o = line.rsplit(":", 2)
+            res.setdefault(int(p), [0, 0])[idx] = int(o)
+    return {p: (v[0], v[1]) for p, v in res.items()}
+
+
+def http(method: str, url: str, data: bytes | None = None, timeout: float = 30) -> bytes:
+    req = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+def influx_query(db: str | None, q: str) -> list[dict]:
+    params = {"q": q}
+    if db:
+        params["db"] = db
+    body = http("POST", f"{INFLUX}/query", urllib.parse.urlencode(params).encode())
+    res = json.loads(body)["results"]
+    for r in res:
+        if "error" in r:
+            raise BenchError(f"InfluxDB: {q}: {r['error']}")
+    return res
+
+
+def influx_summary(db: str) -> dict[str, dict]:
+    """Per measurement: points and the total of the `sales` field."""
+    out = {}
+    for m in MEASUREMENTS:
+        field = "max_price" if m == "price_percentiles" else "revenue"
+        series = influx_query(db, f'SELECT count("sales"), sum("sales"), sum("{field}") FROM "{m}"')[0].get("series")
+        if series:
+            _, points, sales, total = series[0]["values"][0]
+            out[m] = {"points": points, "sales": sales, f"sum_{field}": round(total or 0, 2)}
+        else:
+            out[m] = {"points": 0, "sales": 0}
+    return out
+
+
+def webhdfs(op: str, path: str, method: str = "GET", **params) -> dict:
+    q = urllib.parse.urlencode({"op": op, "user.name": os.environ.get("USER", "root"), **params})
+    try:
+        body = http(method, f"{WEBHDFS}{path}?{q}")
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return {}
+        raise
+    return json.loads(body) if body else {}
+
+
+def hdfs_summary(path: str) -> dict:
+    s = webhdfs("GETCONTENTSUMMARY", path).get("ContentSummary")
+    if not s:
+        return {"bytes": 0, "files": 0}
+    return {"bytes": s["length"], "files": s["fileCount"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric_values(text: str) -> dict[str, float]:
+    vals = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        k, _, v = line.rpartition(" ")
+        try:
+            vals[k] = float(v)
+        except ValueError:
+            pass
+    return vals
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.n = args.records
+        self.run_id = time.strftime("%Y%m%d%H%M%S")
+        self.topic = args.topic or f"bench-{self.n}"
+        self.work = Path(args.work_dir or f"/tmp/carflow-bench-{self.run_id}")
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.hdfs_root = f"/bench/{self.run_id}"
+        self.influx_dbs: list[str] = []
+        self.results: dict[str, dict] = {}
+        self.checks: list[dict] = []
+        self.kafka_cp = kafka_classpath()
+        cfg = tomllib.loads(CONFIG.read_text())
+        self.batch_max_rows = int(os.environ.get("CARFLOW_BATCH_MAX_ROWS", cfg["batch"]["max_rows"]))
+        self.lateness = cfg.get("windows", {}).get("allowed_lateness", "4m")
+        self.topic_bytes: int | None = None  # bytes of the N messages, as carflow counts them
+        self.perf_bytes: int | None = None  # the same, as ConsumerPerformance counts them (MiB * 2^20)
+
+    # -- preparation ---------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        st = subprocess.run([str(SERVICES), "status"], capture_output=True, text=True, timeout=120)
+        if st.returncode != 0:
+            raise BenchError(f"services are not all up (run deploy/services.sh up):\n{st.stdout}{st.stderr}")
+        if not Path(self.a.carflow).is_file():
+            raise BenchError(
+                f"no carflow binary at {self.a.carflow}; build one: "
+                "cargo build --release -p carflow (or pass --carflow PATH)")
+
+    def ensure_topic(self) -> None:
+        offs = topic_offsets(self.kafka_cp, self.topic)
+        if offs is None:
+            log(f"creating topic {self.topic} ({self.a.partitions} partitions)")
+            kafka_tool(self.kafka_cp, "org.apache.kafka.tools.TopicCommand", "--create", "--if-not-exists",
+                       "--topic", self.topic, "--partitions", str(self.a.partitions), "--replication-factor", "1")
+            offs = topic_offsets(self.kafka_cp, self.topic) or {}
+        count = sum(l - e for e, l in offs.values())
+        if count == 0:
+            log(f"filling {self.topic} with {self.n} generated transactions (seed {self.a.seed})")
+            t0 = time.time()
+            out = subprocess.run(
+                [self.a.carflow, "generate", "--config", str(CONFIG), "--count", str(self.n),
+                 "--topic", self.topic, "--seed", str(self.a.seed)],
+                cwd=REPO, capture_output=True, text=True, timeout=max(600, self.n / 1000),
+                stdin=subprocess.DEVNULL)
+            if out.returncode != 0:
+                raise BenchError(f"carflow generate failed:\n{out.stderr[-2000:]}")
+            log(f"  {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ''} ({time.time() - t0:.0f}s)")
+            offs = topic_offsets(self.kafka_cp, self.topic) or {}
+            count = sum(l - e for e, l in offs.values())
+        if count != self.n:
+            raise BenchError(
+                f"topic {self.topic} holds {count} records, not {self.n}: delete it "
+                f"(TopicCommand --delete --topic {self.topic}) or pass --topic NAME")
+        if len(offs) != self.a.partitions:
+            log(f"note: topic {self.topic} has {len(offs)} partitions (asked for {self.a.partitions})")
+        self.partitions = len(offs)
+        log(f"topic {self.topic}: {count} records in {len(offs)} partitions")
+
+    def influx_db(self, name: str) -> str:
+        db = f"bench_{self.run_id}_{name}".replace("-", "_")
+        influx_query(None, f'CREATE DATABASE "{db}"')
+        self.influx_dbs.append(db)
+        return db
+
+    def cleanup_outputs(self) -> None:
+        if self.a.keep:
+            log(f"kept: HDFS {HDFS}{self.hdfs_root}, InfluxDB databases {', '.join(self.influx_dbs)}, {self.work}")
+            return
+        for db in self.influx_dbs:
+            try:
+                influx_query(None, f'DROP DATABASE "{db}"')
+            except Exception as e:  # noqa: BLE001 - cleanup goes on
+                log(f"cleanup: drop {db}: {e}")
+        groups = [f"bench-{self.run_id}-carflow", f"bench-{self.run_id}-perf"]
+        try:
+            args = [a for g in groups for a in ("--group", g)]
+            kafka_tool(self.kafka_cp, "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--delete", *args)
+        except Exception as e:  # noqa: BLE001 - a group that never existed is fine
+            if "does not exist" not in str(e) and "GroupIdNotFound" not in str(e):
+                log(f"cleanup: delete consumer groups: {str(e)[-300:]}")
+        try:
+            webhdfs("DELETE", self.hdfs_root, method="DELETE", recursive="true")
+        except Exception as e:  # noqa: BLE001
+            log(f"cleanup: delete {self.hdfs_root}: {e}")
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- stage: Kafka ceiling -----------------------------------------------------------------
+
+    def stage_kafka(self) -> dict:
+        group = f"bench-{self.run_id}-perf"
+        cmd = ["java", "-Xmx512M", "-cp", self.kafka_cp, "org.apache.kafka.tools.ConsumerPerformance",
+               "--bootstrap-server", BROKERS, "--topic", self.topic, "--num-records", str(self.n),
+               "--group", group, "--timeout", "60000"]
+        m = Measured("kafka ConsumerPerformance", cmd, self.work / "kafka-perf.log")
+        rc = m.wait(self.a.timeout)
+        if rc is None:
+            m.stop(5, signal.SIGKILL)
+            raise BenchError(f"ConsumerPerformance timed out after {self.a.timeout}s:\n{m.tail()}")
+        if rc != 0:
+            raise BenchError(f"ConsumerPerformance exited {rc}:\n{m.tail()}")
+        lines = [l for l in m.log_path.read_text().splitlines() if "," in l]
+        hdr_i = next((i for i, l in enumerate(lines) if "start.time" in l), None)
+        if hdr_i is None or hdr_i + 1 >= len(lines):
+            raise BenchError(f"cannot read ConsumerPerformance output:\n{m.tail()}")
+        keys = [k.strip() for k in lines[hdr_i].split(",")]
+        vals = [v.strip() for v in lines[hdr_i + 1].split(",")]
+        perf = dict(zip(keys, vals))
+        n = int(float(perf["data.consumed.in.nMsg"]))
+        mb = float(perf["data.consumed.in.MB"])  # MiB, as Kafka counts them
+        fetch_ms = float(perf["fetch.time.ms"])
+        self.perf_bytes = int(mb * 1024 * 1024)
+        return self._result(
+            "Kafka ConsumerPerformance", "ceiling: read the topic, nothing else", m,
+            records=n, t_ready=None, t_done=m.t_exit, proc_s=fetch_ms / 1000.0,
+            extra={"perf": perf, "note": "proc_s = fetch.time.ms (excludes JVM start, group join)"})
+
+    # -- stage: carflow -----------------------------------------------------------------------
+
+    def stage_carflow(self) -> dict:
+        port = free_port()
+        db = self.influx_db("carflow")
+        lake = f"{HDFS}{self.hdfs_root}/carflow"
+        env = dict(os.environ)
+        env.update({
+            "CARFLOW_KAFKA_TOPIC": self.topic,
+            "CARFLOW_KAFKA_GROUP_ID": f"bench-{self.run_id}-carflow",
+            "CARFLOW_LAKE_ROOT": lake,
+            "CARFLOW_INFLUX_BUCKET": db,
+            "CARFLOW_HTTP_LISTEN": f"127.0.0.1:{port}",
+            "CARFLOW_QUERIES_DIR": str(REPO / "queries"),
+        })
+        cmd = [self.a.carflow, "run", "--config", str(CONFIG), "--engine-id", "bench"]
+        m = Measured("carflow run", cmd, self.work / "carflow.log", env=env)
+        base = f"http://127.0.0.1:{port}"
+        t_ready = t_done = None
+        vals: dict[str, float] = {}
+        deadline = time.time() + self.a.timeout
+        cpu_done = None
+        try:
+            while True:
+                if m.poll() is not None:
+                    raise BenchError(f"carflow exited {m.rc} before all records were in:\n{m.tail()}")
+                if time.time() > deadline:
+                    raise BenchError(f"carflow: {vals.get('carflow_records_in_total', 0):.0f} of {self.n} "
+                                     f"records after {self.a.timeout}s:\n{m.tail()}")
+                try:
+                    if t_ready is None:
+                        http("GET", f"{base}/health", timeout=2)
+                        t_ready = time.time()
+                    vals = metric_values(http("GET", f"{base}/metrics", timeout=5).decode())
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.05)
+                    continue
+                if vals.get("carflow_records_in_total", 0) >= self.n:
+                    t_done = time.time()
+                    cpu_done = m.cpu_seconds()
+                    break
+                time.sleep(0.1)
+        finally:
+            if m.poll() is None:
+                rc = m.stop(grace=60)
+                if t_done is not None and rc not in (0, None):
+                    log(f"carflow exited {rc} after SIGTERM (log: {m.log_path})")
+        bytes_in = vals.get("carflow_bytes_in_total")
+        rows_lake = vals.get('carflow_rows_out_total{sink="lake",target="cars"}', 0)
+        self.check("carflow lake rows == records", rows_lake, self.n)
+        self.check("carflow dead letters == 0", vals.get("carflow_dead_letters_total", 0), 0)
+        r = self._result(
+            "carflow", "Kafka → queries/ → HDFS lake + InfluxDB", m,
+            records=int(vals.get("carflow_records_in_total", 0)), t_ready=t_ready, t_done=t_done,
+            extra={"metrics_at_done": vals, "cpu_s_at_done": cpu_done, "lake": lake, "influx_db": db,
+                   "bytes_in": bytes_in, "batches": vals.get("carflow_batches_total"),
+                   "late_rows": vals.get("carflow_late_rows_total"),
+                   "shutdown_s": (m.t_exit - t_done) if m.t_exit and t_done else None})
+        r["lake_hdfs"] = hdfs_summary(f"{self.hdfs_root}/carflow/cars")
+        r["influx"] = influx_summary(db)
+        if bytes_in:
+            self.topic_bytes = int(bytes_in)
+        return r
+
+    # -- stage: Spark ---------------------------------------------------------------------------
+
+    def stage_spark(self, windows: str) -> dict:
+        jars_dir = Path(os.environ.get("CARFLOW_BENCH_SPARK_JARS", ""))
+        jars = sorted(str(p) for p in jars_dir.glob("*.jar")) if jars_dir.is_dir() else []
+        if len(jars) != 4:
+            raise BenchError(f"expected the 4 Kafka connector jars in {jars_dir} (run through run.sh)")
+        db = self.influx_db(f"spark_{windows}")
+        lake = f"{HDFS}{self.hdfs_root}/spark-{windows}"
+        progress = self.work / f"spark-{windows}-progress.jsonl"
+        cmd = [sys.executable, str(SPARK_JOB), "--brokers", BROKERS, "--topic", self.topic,
+               "--lake", lake, "--checkpoint", f"{HDFS}{self.hdfs_root}/spark-{windows}-checkpoints",
+               "--influx-url", INFLUX, "--influx-db", db, "--jars", ",".join(jars),
+               "--master", f"local[{self.a.spark_cores}]", "--windows", windows,
+               "--max-offsets-per-trigger", str(self.a.spark_max_offsets),
+               "--shuffle-partitions", str(self.a.spark_shuffle_partitions),
+               "--lateness", spark_interval(self.lateness), "--progress-file", str(progress)]
+        for c in self.a.spark_conf:
+            cmd += ["--conf", c]
+        env = dict(os.environ)
+        env.update({"TZ": "UTC", "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+                    "PYSPARK_DRIVER_PYTHON": sys.executable})
+        if self.a.spark_java_home:
+            env["JAVA_HOME"] = self.a.spark_java_home
+        m = Measured(f"spark {windows}", cmd, self.work / f"spark-{windows}.log", env=env)
+        rc = m.wait(self.a.timeout)
+        if rc is None:
+            m.stop(grace=30)
+            raise BenchError(f"spark {windows}: not done after {self.a.timeout}s (log: {m.log_path}):\n{m.tail()}")
+        events = {}
+        for line in m.log_path.read_text(errors="replace").splitlines():
+            if line.startswith('{"event"'):
+                e = json.loads(line)
+                events[e["event"]] = e
+        if rc != 0 or "finished" not in events or events["finished"].get("failed"):
+            raise BenchError(f"spark {windows} exited {rc} (log: {m.log_path}):\n{m.tail(40)}")
+        prog = [json.loads(l) for l in progress.read_text().splitlines() if l.strip()] if progress.exists() else []
+        starts = [iso_epoch(p["timestamp"]) for p in prog]
+        t_ready = min(starts) if starts else None
+        t_done = events["finished"]["t"]
+        input_query = "cars" if windows == "stateful" else "recompute"
+        rows = sum(p["numInputRows"] for p in prog if p["query"] == input_query)
+        per_query: dict[str, dict] = {}
+        for p in prog:
+            q = per_query.setdefault(p["query"], {"batches": 0, "rows": 0, "late_rows_dropped": 0})
+            q["batches"] += 1
+            q["rows"] += p["numInputRows"]
+            for so in p.get("stateOperators") or []:
+                q["late_rows_dropped"] += so.get("numRowsDroppedByWatermark", 0) or 0
+        self.check(f"spark {windows}: rows read == records", rows, self.n)
+        r = self._result(
+            f"Spark {windows}", SPARK_DESCR[windows], m, records=rows, t_ready=t_ready, t_done=t_done,
+            extra={"spark": events.get("started", {}).get("spark"), "conf": events.get("started", {}).get("conf"),
+                   "queries": per_query, "lake": lake, "influx_db": db,
+                   "shutdown_s": (m.t_exit - t_done) if m.t_exit else None,
+                   "note": "t_ready = trigger time of the first micro-batch; t_done = every query stopped"})
+        r["lake_hdfs"] = hdfs_summary(f"{self.hdfs_root}/spark-{windows}/cars")
+        r["influx"] = influx_summary(db)
+        cf = self.results.get("carflow")
+        if cf and cf.get("influx"):
+            # The same outputs: every exact aggregate (points, sales, revenue / max price) equal.
+            self.check(f"spark {windows}: InfluxDB points and totals == carflow's", r["influx"], cf["influx"])
+        return r
+
+    # -- stage: engine core (demo) ------------------------------------------------------------
+
+    def stage_demo(self) -> dict:
+        d = self.work / "demo"
+        d.mkdir(exist_ok=True)
+        cmd = [self.a.carflow, "demo", "--config", str(CONFIG), "--count", str(self.n), "--rate", "0",
+               "--seed", str(self.a.seed), "--lake", str(d / "lake"), "--metrics-file", str(d / "metrics.lp"),
+               "--queries", str(REPO / "queries")]
+        m = Measured("carflow demo", cmd, self.work / "demo.log")
+        rc = m.wait(self.a.timeout)
+        if rc is None:
+            m.stop(grace=30)
+            raise BenchError(f"carflow demo: not done after {self.a.timeout}s:\n{m.tail()}")
+        if rc != 0:
+            raise BenchError(f"carflow demo exited {rc}:\n{m.tail()}")
+        text = m.log_path.read_text(errors="replace")
+        g = re.search(r"generated (\d+) transactions in ([\d.]+)s", text)
+        rows = re.search(r"lake\.cars\s+(\d+) rows", text)
+        self.check("demo lake rows == records", int(rows.group(1)) if rows else None, self.n)
+        lake_bytes = sum(f.stat().st_size for f in (d / "lake").rglob("*.parquet"))
+        r = self._result("carflow demo (engine core)", "generator → queries/ → local Parquet + .lp, no Kafka",
+                         m, records=int(g.group(1)) if g else self.n, t_ready=None, t_done=m.t_exit,
+                         extra={"pipeline_s": float(g.group(2)) if g else None, "lake_bytes_local": lake_bytes,
+                                "note": "CPU includes generating the JSON in process"})
+        r["records_per_cpu_s"] = r["records"] / r["cpu_s"] if r["cpu_s"] else None
+        return r
+
+    # -- stage: CPU ceiling of the engine core ------------------------------------------------
+
+    def stage_core_ceiling(self) -> dict | None:
+        """The raw arrow-json decode + Parquet encode speed of the same rows, one thread.
+
+        Runs `cargo bench --bench core_ceiling -- --records N --out FILE` (benches/core_ceiling.rs:
+        the engine's decode_batch + snappy encode_parquet of the seed-42 transactions, batches of
+        50,000, records per CPU-second). `--core-ceiling-file` uses a figure file written earlier
+        instead; `--core-ceiling-cmd` replaces the command (it must write that file).
+        """
+        path = self.a.core_ceiling_file or os.environ.get("CARFLOW_BENCH_CORE_CEILING")
+        cmd = self.a.core_ceiling_cmd
+        if not path:
+            path = str(self.work / "core-ceiling.json")
+            cmd = cmd or f"cargo bench --bench core_ceiling -- --records {self.n} --out {path}"
+        if cmd:
+            log(f"core ceiling: running {cmd}")
+            out = subprocess.run(cmd, shell=True, cwd=REPO, timeout=self.a.timeout,
+                                 stdin=subprocess.DEVNULL)
+            if out.returncode != 0:
+                raise BenchError(f"core ceiling: `{cmd}` exited {out.returncode}")
+        if not Path(path).is_file():
+            raise BenchError(f"core ceiling: no figure file at {path}")
+        fig = json.loads(Path(path).read_text())
+        return {"system": "arrow-json decode + Parquet encode", "what": "CPU ceiling of the engine core",
+                "records_per_cpu_s": float(fig["records_per_cpu_s"]), "source": fig.get("source", path),
+                "figure": fig}
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _result(self, system: str, what: str, m: Measured, *, records: int, t_ready, t_done,
+                proc_s: float | None = None, extra: dict | None = None) -> dict:
+        wall = (t_done - m.t_start) if t_done else None
+        if proc_s is None and t_done:
+            proc_s = t_done - (t_ready or m.t_start)
+        cpu = m.cpu_seconds()
+        cpu_proc = None
+        if t_ready and t_done:
+            cpu_proc = m.cpu_at(t_done) - m.cpu_at(t_ready)
+        r = {
+            "system": system, "what": what, "records": records,
+            "wall_s": wall, "startup_s": (t_ready - m.t_start) if t_ready else None, "proc_s": proc_s,
+            "records_per_s": records / proc_s if proc_s else None,
+            "records_per_s_wall": records / wall if wall else None,
+            "mb_per_s": None,  # set by finalize(), from one byte count for every system
+            "cpu_s": cpu, "cpu_s_per_million": cpu / records * 1e6 if records else None,
+            "cpu_s_processing": cpu_proc,
+            "cpu_s_per_million_processing": cpu_proc / records * 1e6 if records and cpu_proc else None,
+            "load_avg_at_start": self.stage_load,
+            "peak_rss_mb": m.peak_rss_bytes() / 1e6, "exit_code": m.rc,
+            "command": " ".join(m.cmd if "-cp" not in m.cmd else [c if len(c) < 200 else "<classpath>" for c in m.cmd]),
+            "log": str(m.log_path),
+        }
+        r.update(extra or {})
+        return r
+
+    def finalize(self) -> None:
+        if not self.topic_bytes and self.perf_bytes:
+            self.topic_bytes = self.perf_bytes
+        for r in self.results.values():
+            if self.topic_bytes and r.get("proc_s"):
+                r["mb_per_s"] = self.topic_bytes / 1e6 / r["proc_s"]
+
+    def check(self, what: str, got, want) -> None:
+        ok = got == want
+        self.checks.append({"check": what, "got": got, "want": want, "ok": ok})
+        if not ok:
+            log(f"CHECK FAILED: {what}: got {got}, want {want}")
+
+
+SPARK_DESCR = {
+    "stateful": "Structured Streaming: file sink + 5 watermarked aggregations (update mode, foreachBatch → Influx)",
+    "recompute": "Structured Streaming: 1 query, foreachBatch appends lake + recomputes touched windows",
+}
+
+
+def spark_interval(s: str) -> str:
+    m = re.fullmatch(r"(\d+)\s*(ms|s|m|h)", s.strip())
+    if not m:
+        return s
+    unit = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}[m.group(2)]
+    return f"{m.group(1)} {unit}"
+
+
+def iso_epoch(s: str) -> float:
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(v, spec="{:,.0f}", none="n/a") -> str:
+    return none if v is None else spec.format(v)
+
+
+def report(b: Bench, started: float) -> str:
+    res = b.results
+    rows = []
+    for key in ["kafka", "carflow", "spark-stateful", "spark-recompute", "demo"]:
+        r = res.get(key)
+        if not r:
+            continue
+        rows.append([
+            r["system"], fmt(r["records"]), fmt(r["startup_s"], "{:.1f}"), fmt(r["proc_s"], "{:.1f}"),
+            fmt(r["records_per_s"]), fmt(r["records_per_s_wall"]), fmt(r["mb_per_s"], "{:.1f}"),
+            fmt(r["cpu_s_per_million"], "{:.1f}"), fmt(r.get("cpu_s_per_million_processing"), "{:.1f}", "-"),
+            fmt(r["peak_rss_mb"]),
+        ])
+    hdr = ["system", "records", "start s", "proc s", "rec/s", "rec/s wall", "MB/s", "CPU s/1M", "(proc)",
+           "peak RSS MB"]
+    widths = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
+    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [line(hdr), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+    ratios = []
+    cf, ka, dm, cc = res.get("carflow"), res.get("kafka"), res.get("demo"), res.get("core-ceiling")
+    for key in ["spark-stateful", "spark-recompute"]:
+        sp = res.get(key)
+        if cf and sp:
+            ratios.append(f"carflow vs {sp['system']}: {cf['records_per_s'] / sp['records_per_s']:.1f}x rec/s "
+                          f"({cf['records_per_s_wall'] / sp['records_per_s_wall']:.1f}x counting start-up), "
+                          f"{sp['cpu_s_per_million'] / cf['cpu_s_per_million']:.1f}x less CPU per record, "
+                          f"{sp['peak_rss_mb'] / cf['peak_rss_mb']:.1f}x less peak memory")
+    if cf and ka:
+        ratios.append(f"carflow as % of Kafka's ceiling (ConsumerPerformance fetch rate): "
+                      f"{100 * cf['records_per_s'] / ka['records_per_s']:.0f}%")
+    if dm:
+        per_core = dm["records_per_cpu_s"]
+        s = f"engine core (demo): {per_core:,.0f} records per CPU-second"
+        if cc:
+            s += f" = {100 * per_core / cc['records_per_cpu_s']:.0f}% of the decode+encode ceiling " \
+                 f"({cc['records_per_cpu_s']:,.0f}/CPU-s, {cc['source']})"
+        else:
+            s += "; decode+encode ceiling: n/a (stage core-ceiling not run)"
+        ratios.append(s)
+    if cf:
+        ratios.append(f"carflow peak RSS {cf['peak_rss_mb']:,.0f} MB; CPU {cf['cpu_s']:.1f}s for {cf['records']:,} records")
+
+    failed = [c for c in b.checks if not c["ok"]]
+    checks = [f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']} ({describe(c)})" for c in b.checks]
+    infl = []
+    for key in ["carflow", "spark-stateful", "spark-recompute"]:
+        r = res.get(key)
+        if r and r.get("influx"):
+            infl.append(f"{r['system']:<18} " + "  ".join(
+                f"{m}={v['points']}pts/{v['sales']}" for m, v in r["influx"].items()))
+    txt = "\n".join([
+        f"carflow benchmark {dt.datetime.fromtimestamp(started).isoformat(timespec='seconds')} — "
+        f"{b.n:,} transactions, topic {b.topic} ({b.partitions} partitions), carflow {b.a.carflow}",
+        f"host: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+        f"MB = 10^6 bytes of Kafka messages ({(b.topic_bytes or 0) / 1e6:,.1f} MB in the topic)",
+        "", *out, "", *ratios, "",
+        "outputs (InfluxDB points / total `sales` per measurement):", *infl, "",
+        "checks:", *checks,
+        *(["", f"{len(failed)} CHECK(S) FAILED"] if failed else []),
+    ])
+    return txt
+
+
+def describe(c: dict) -> str:
+    got, want = c["got"], c["want"]
+    if isinstance(got, dict) and isinstance(want, dict):
+        if c["ok"]:
+            return f"{len(got)} measurements, identical"
+        diff = {k: (got.get(k), want.get(k)) for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)}
+        return "differ: " + "; ".join(f"{k}: got {g}, want {w}" for k, (g, w) in diff.items())
+    return f"got {got}, want {want}"
+
+
+def write_outputs(b: Bench, txt: str, started: float, argv: list[str]) -> Path:
+    day = dt.date.fromtimestamp(started).isoformat()
+    out_dir = Path(b.a.results_dir or REPO / "benches" / "results" / day)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{b.n}-{time.strftime('%H%M%S', time.localtime(started))}"
+    doc = {
+        "date": dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "command": "benches/harness/run.sh " + " ".join(argv),
+        "records": b.n, "topic": b.topic, "partitions": b.partitions, "seed": b.a.seed,
+        "carflow_binary": b.a.carflow, "carflow_version": carflow_version(b.a.carflow),
+        "carflow_binary_mtime": dt.datetime.fromtimestamp(Path(b.a.carflow).stat().st_mtime).isoformat(timespec="seconds"),
+        "git": git_rev(),
+        "host": {"cpus": os.cpu_count(), "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                 "load_avg_at_start": b.load_at_start},
+        "topic_bytes": b.topic_bytes, "topic_bytes_consumer_perf": b.perf_bytes, "results": b.results, "checks": b.checks,
+    }
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str))
+    (out_dir / f"{stem}.txt").write_text(txt + "\n")
+    cols = ["system", "records", "wall_s", "startup_s", "proc_s", "records_per_s", "records_per_s_wall",
+            "mb_per_s", "cpu_s", "cpu_s_per_million", "cpu_s_processing", "cpu_s_per_million_processing",
+            "peak_rss_mb", "records_per_cpu_s"]
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in b.results.values():
+            w.writerow([r.get(c) if not isinstance(r.get(c), float) else round(r.get(c), 3) for c in cols])
+    try:
+        chart(b, out_dir / f"{stem}.png")
+    except Exception as e:  # noqa: BLE001 - the numbers matter more than the picture
+        log(f"chart failed: {e}")
+    return out_dir / stem
+
+
+def chart(b: Bench, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ["kafka", "carflow", "spark-stateful", "spark-recompute", "demo"] if k in b.results]
+    names = [b.results[k]["system"].replace(" (engine core)", "\n(engine core)").replace("Kafka ", "Kafka\n")
+             .replace("Spark ", "Spark\n") for k in keys]
+    colors = {"kafka": "#999999", "carflow": "#d62728", "spark-stateful": "#1f77b4",
+              "spark-recompute": "#6baed6", "demo": "#ff9896"}
+    panels = [("records_per_s", "transactions / s (processing)", "{:,.0f}"),
+              ("cpu_s_per_million", "CPU seconds per 1M transactions", "{:,.0f}"),
+              ("peak_rss_mb", "peak RSS (MB, process tree)", "{:,.0f}")]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+    for ax, (field, title, spec) in zip(axes, panels):
+        vals = [b.results[k].get(field) or 0 for k in keys]
+        bars = ax.bar(range(len(keys)), vals, color=[colors[k] for k in keys])
+        ax.set_xticks(range(len(keys)), names, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        for bar, v in zip(bars, vals):
+            ax.annotate(spec.format(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(f"carflow vs Spark Structured Streaming vs Kafka ceiling — {b.n:,} transactions, "
+                 f"{os.cpu_count()} cores ({dt.date.today().isoformat()})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def git_rev() -> str | None:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def carflow_version(binary: str) -> str | None:
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def default_carflow() -> str:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    return str(target / "release" / "carflow")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", "-n", type=int, default=1_000_000, help="transactions (default 1,000,000)")
+    p.add_argument("--carflow", default=os.environ.get("CARFLOW_BIN") or default_carflow(),
+                   help="carflow binary (default $CARFLOW_BIN, else $CARGO_TARGET_DIR/release/carflow)")
+    p.add_argument("--topic", help="topic (default bench-<records>; created and filled once, then reused)")
+    p.add_argument("--partitions", type=int, default=6)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per stage (default 300 + 3 ms per record)")
+    p.add_argument("--spark-cores", type=int, default=2, help="local[N] (default 2: every core here)")
+    p.add_argument("--spark-max-offsets", type=int, default=None,
+                   help="maxOffsetsPerTrigger (default: carflow's batch.max_rows, so both use the same "
+                        "micro-batch size); 0 = one batch with everything")
+    p.add_argument("--spark-shuffle-partitions", type=int, default=None, help="default: --spark-cores")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Spark setting (recorded in the results)")
+    p.add_argument("--spark-java-home", help="JAVA_HOME for Spark (default: java on PATH)")
+    p.add_argument("--core-ceiling-file", help="JSON {records_per_cpu_s, source} written earlier by benches/core_ceiling.rs (skips running it)")
+    p.add_argument("--core-ceiling-cmd", help="command that writes the figure file (default: cargo bench --bench core_ceiling ...)")
+    p.add_argument("--results-dir", help="default benches/results/<date>")
+    p.add_argument("--work-dir", help="logs and scratch (default /tmp/carflow-bench-<run id>)")
+    p.add_argument("--keep", action="store_true", help="keep the HDFS lakes, InfluxDB databases and logs")
+    a = p.parse_args(argv)
+    a.timeout = a.timeout or 300 + a.records * 0.003
+    if a.spark_shuffle_partitions is None:
+        a.spark_shuffle_partitions = a.spark_cores
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    bad = set(stages) - set(STAGES)
+    if bad:
+        p.error(f"unknown stage(s) {', '.join(sorted(bad))}; choose from {', '.join(STAGES)}")
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    started = time.time()
+    b = None
+    try:
+        b = Bench(a)
+        b.load_at_start = os.getloadavg()
+        if a.spark_max_offsets is None:
+            a.spark_max_offsets = b.batch_max_rows
+        b.preflight()
+        if os.getloadavg()[0] > 1.0:
+            log(f"note: load average {os.getloadavg()[0]:.1f} before the run: other work on this machine "
+                "skews every figure")
+        b.ensure_topic()
+        for s in stages:
+            b.stage_load = os.getloadavg()
+            log(f"stage {s} (load average {b.stage_load[0]:.1f}) ...")
+            t0 = time.time()
+            if s == "kafka":
+                b.results[s] = b.stage_kafka()
+            elif s == "carflow":
+                b.results[s] = b.stage_carflow()
+            elif s == "spark-stateful":
+                b.results[s] = b.stage_spark("stateful")
+            elif s == "spark-recompute":
+                b.results[s] = b.stage_spark("recompute")
+            elif s == "demo":
+                b.results[s] = b.stage_demo()
+            elif s == "core-ceiling":
+                r = b.stage_core_ceiling()
+                if r:
+                    b.results[s] = r
+            r = b.results.get(s)
+            if r and r.get("records_per_s"):
+                log(f"  {r['system']}: {r['records_per_s']:,.0f} rec/s, CPU {r['cpu_s']:.1f}s, "
+                    f"peak RSS {r['peak_rss_mb']:,.0f} MB ({time.time() - t0:.0f}s)")
+    except BenchError as e:
+        log(f"FAILED: {e}")
+        if b is not None:
+            b.checks.append({"check": "stage failed", "got": str(e)[:2000], "want": None, "ok": False})
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e})")
+        Measured.stop_all()
+        if b is not None:
+            b.cleanup_outputs()
+        return 130
+    try:
+        if b is None or not getattr(b, "partitions", None):
+            return 1
+        b.finalize()
+        txt = report(b, started)
+        stem = write_outputs(b, txt, started, argv)
+        print(txt)
+        print(f"\nresults: {stem}.{{json,csv,txt,png}}")
+        return 1 if any(not c["ok"] for c in b.checks) else 0
+    finally:
+        Measured.stop_all()
+        if b is not None:
+            b.cleanup_outputs()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
