@@ -37,8 +37,18 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--records" => records = args.next().and_then(|v| v.parse().ok()).expect("--records N"),
-            "--batch" => batch = args.next().and_then(|v| v.parse().ok()).expect("--batch ROWS"),
+            "--records" => {
+                records = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--records N")
+            }
+            "--batch" => {
+                batch = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--batch ROWS")
+            }
             "--out" => out = args.next(),
             // `cargo bench` passes `--bench`; criterion-style filters are ignored.
             _ => {}
@@ -77,7 +87,10 @@ fn main() {
     let (mut rows, mut parquet_bytes) = (0usize, 0usize);
     for chunk in messages.chunks(batch) {
         let decoded = decode_batch(chunk, 1 << 20).expect("decode");
-        assert!(decoded.dead_letters.is_empty(), "generated rows must decode");
+        assert!(
+            decoded.dead_letters.is_empty(),
+            "generated rows must decode"
+        );
         rows += decoded.rows.num_rows();
         parquet_bytes += encode_parquet(&decoded.rows, &props).expect("encode").len();
     }

@@ -6,10 +6,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PipelineError, Stop, partitions};
 use crate::batcher::DeadLetter;
-use crate::retry::{RetryError, retry};
-use crate::sink::dead_letter;
 use crate::checkpoint::{LedgerError, PartitionLedger};
 use crate::retry::Backoff;
+use crate::retry::{RetryError, retry};
+use crate::sink::dead_letter;
 use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError, LakeSink};
 use crate::source::Source;
 use crate::transform::Target;
