@@ -238,6 +238,60 @@ async fn smoke_hdfs_writes_lists_renames_and_reads() {
     assert!(loc.store.head(&a).await.is_err());
 }
 
+/// The ledger's commit point on real HDFS: of two writers committing the same step, the second
+/// is fenced (rename-if-absent refuses an existing entry) and its files stay invisible.
+#[tokio::test]
+async fn on_hdfs_a_second_writer_of_the_same_step_is_fenced() {
+    use carflow_engine::checkpoint::{FileMove, LedgerError, OffsetLedger};
+    let hdfs = Hdfs::get().await;
+    let dir = hdfs.dir("fence");
+    let open = |w: &str| {
+        OffsetLedger::new(
+            carflow_engine::storage::Location::open(&dir.url).unwrap(),
+            w,
+        )
+    };
+    let loc = carflow_engine::storage::Location::open(&dir.url).unwrap();
+    let (a, b) = (open("a"), open("b"));
+    let topic: std::sync::Arc<str> = std::sync::Arc::from("t");
+    let mut pa = a.load(&topic, 0).await.unwrap();
+    let mut pb = b.load(&topic, 0).await.unwrap();
+    let stage = |l: &OffsetLedger, name: &str| {
+        let staged = l.staging_dir("t", 0, 1).join(name);
+        let visible = loc.path(&["cars", name]);
+        (staged, visible)
+    };
+    let mut moves = Vec::new();
+    for (l, name) in [(&a, "a.parquet"), (&b, "b.parquet")] {
+        let (staged, visible) = stage(l, name);
+        loc.store
+            .put(&staged, PutPayload::from(name.as_bytes().to_vec()))
+            .await
+            .unwrap();
+        moves.push(FileMove {
+            staged: staged.to_string(),
+            visible: visible.to_string(),
+        });
+    }
+    a.commit(&mut pa, 10, vec![moves[0].clone()]).await.unwrap();
+    let err = b
+        .commit(&mut pb, 20, vec![moves[1].clone()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Fenced { seq: 1, .. }), "{err}");
+    let visible = |m: &FileMove| {
+        let p = object_store::path::Path::from(m.visible.as_str());
+        let store = std::sync::Arc::clone(&loc.store);
+        async move { store.head(&p).await.is_ok() }
+    };
+    assert!(visible(&moves[0]).await, "the winner's file is visible");
+    assert!(
+        !visible(&moves[1]).await,
+        "the fenced commit stays invisible"
+    );
+    assert_eq!(b.load(&topic, 0).await.unwrap().next_offset, 10);
+}
+
 #[tokio::test]
 async fn smoke_influx_writes_through_v2_api_and_reads_with_influxql() {
     let influx = Influx::get().await;

