@@ -195,6 +195,20 @@ fn classify(url: &str, e: influxdb2::RequestError) -> InfluxError {
                 message: text,
             }
         }
+        influxdb2::RequestError::Http { status, text }
+            if status.as_u16() == 404 && text.contains("database not found") =>
+        {
+            // Retried like an outage (an operator may create it; nothing is lost meanwhile), with
+            // the fix in the message that /health and the log show.
+            InfluxError::Unavailable {
+                url: url.to_string(),
+                message: format!(
+                    "{} — influx.bucket names a database that does not exist: create it \
+                     (InfluxQL `CREATE DATABASE <name>`) or set influx.bucket; carflow retries until then",
+                    text.trim()
+                ),
+            }
+        }
         other => InfluxError::Unavailable {
             url: url.to_string(),
             message: other.to_string(),
