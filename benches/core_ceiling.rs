@@ -11,13 +11,12 @@
 //! The messages are generated before the clock starts; CPU time is the process's user + system
 //! time (getrusage) around the decode + encode loop.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Instant;
 
 use carflow_engine::batcher::decode_batch;
-use carflow_engine::generator::{Clock, Generator, GeneratorConfig};
 use carflow_engine::sink::lake::encode_parquet;
-use carflow_engine::source::Message;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
@@ -54,27 +53,7 @@ fn main() {
             _ => {}
         }
     }
-    let mut g = Generator::new(GeneratorConfig {
-        seed: 42,
-        clock: Clock::Simulated {
-            start_ms: 1_767_225_600_000,
-            mean_per_hour: 30_000.0,
-        },
-    });
-    let topic: Arc<str> = Arc::from("bench");
-    let messages: Vec<Message> = (0..records)
-        .map(|i| {
-            let mut payload = Vec::with_capacity(512);
-            g.write_json(&mut payload);
-            Message {
-                topic: Arc::clone(&topic),
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: Some(0),
-                payload: Some(payload),
-            }
-        })
-        .collect();
+    let messages = common::messages(records);
     let json_bytes: usize = messages
         .iter()
         .map(|m| m.payload.as_ref().map_or(0, Vec::len))

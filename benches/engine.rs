@@ -5,12 +5,13 @@
 //! `cargo bench --bench engine` — figures are rows per second of one batch on one thread
 //! (DataFusion may use the second core for the transform). `benches/README.md` lists the latest.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use carflow_engine::batcher::decode_batch;
 use carflow_engine::config::Config;
-use carflow_engine::generator::{Clock, Generator, GeneratorConfig};
 use carflow_engine::metrics::{Health, Metrics};
 use carflow_engine::pipeline::Pipeline;
 use carflow_engine::sink::lake::encode_parquet;
@@ -18,36 +19,13 @@ use carflow_engine::sink::line_protocol::{PointMapping, encode_batch};
 use carflow_engine::source::Message;
 use carflow_engine::source::memory::MemorySource;
 use carflow_engine::transform::{Planner, Target, TransformSet};
+use common::messages;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::array::RecordBatch;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 const ROWS: usize = 20_000;
-
-fn messages(n: usize) -> Vec<Message> {
-    let mut g = Generator::new(GeneratorConfig {
-        seed: 42,
-        clock: Clock::Simulated {
-            start_ms: 1_767_225_600_000,
-            mean_per_hour: 30_000.0,
-        },
-    });
-    let topic: Arc<str> = Arc::from("bench");
-    (0..n)
-        .map(|i| {
-            let mut payload = Vec::with_capacity(512);
-            g.write_json(&mut payload);
-            Message {
-                topic: Arc::clone(&topic),
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: Some(0),
-                payload: Some(payload),
-            }
-        })
-        .collect()
-}
 
 fn queries() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("queries")
