@@ -44,7 +44,11 @@ pub enum PipelineError {
     #[error("{} query file(s) refused:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Queries(Vec<QueryError>),
     /// The queries directory cannot be read.
-    #[error("queries directory {dir}: {source}")]
+    #[error(
+        "queries directory {} cannot be read: run from the project directory, or set queries.dir \
+         (CARFLOW_QUERIES_DIR) or --queries",
+        dir.display()
+    )]
     QueriesDir {
         /// Directory.
         dir: PathBuf,
