@@ -11,14 +11,7 @@ use futures::StreamExt;
 
 /// The first `n` transactions of the engine's generator for `config`, as JSON text.
 fn expected(config: GeneratorConfig, n: usize) -> Vec<String> {
-    let mut g = Generator::new(config);
-    (0..n)
-        .map(|_| {
-            let mut v = Vec::new();
-            g.write_json(&mut v);
-            String::from_utf8(v).unwrap()
-        })
-        .collect()
+    Generator::new(config).json_lines(n)
 }
 
 async fn get(api: &Api, query: &str, accept: Option<&str>) -> reqwest::Response {

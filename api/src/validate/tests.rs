@@ -2,14 +2,7 @@ use super::*;
 use carflow_engine::generator::{Generator, GeneratorConfig};
 
 fn good(n: usize) -> Vec<String> {
-    let mut g = Generator::new(GeneratorConfig::default());
-    (0..n)
-        .map(|_| {
-            let mut v = Vec::new();
-            g.write_json(&mut v);
-            String::from_utf8(v).unwrap()
-        })
-        .collect()
+    Generator::new(GeneratorConfig::default()).json_lines(n)
 }
 
 #[test]

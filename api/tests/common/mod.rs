@@ -359,17 +359,11 @@ impl Answer {
 
 /// `n` generated transactions (seeded), as JSON text.
 pub fn transactions(seed: u64, n: usize) -> Vec<String> {
-    let mut g = Generator::new(GeneratorConfig {
+    Generator::new(GeneratorConfig {
         seed,
         ..Default::default()
-    });
-    (0..n)
-        .map(|_| {
-            let mut v = Vec::new();
-            g.write_json(&mut v);
-            String::from_utf8(v).expect("utf-8")
-        })
-        .collect()
+    })
+    .json_lines(n)
 }
 
 /// The `dealer_id` of a transaction's JSON.

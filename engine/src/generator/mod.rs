@@ -226,6 +226,18 @@ impl Generator {
         draw.as_record().write_json(out);
     }
 
+    /// The next `n` transactions as compact JSON strings (what [`Self::write_json`] writes).
+    pub fn json_lines(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let mut out = Vec::with_capacity(448);
+                self.write_json(&mut out);
+                // The writer only emits UTF-8 (it copies `str`s and ASCII).
+                String::from_utf8(out).unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// Appends the next `count` transactions as newline-delimited JSON
     /// (each object followed by `\n`).
     pub fn write_ndjson(&mut self, count: usize, out: &mut Vec<u8>) {

@@ -529,3 +529,14 @@ fn throughput_smoke() {
     assert_eq!(g.generated(), u64::from(n));
     assert_eq!(out.iter().filter(|&&c| c == b'\n').count(), n as usize);
 }
+
+#[test]
+fn json_lines_are_what_write_json_writes() {
+    let mut a = Generator::new(GeneratorConfig::default());
+    let mut b = Generator::new(GeneratorConfig::default());
+    for line in a.json_lines(50) {
+        let mut x = Vec::new();
+        b.write_json(&mut x);
+        assert_eq!(line.as_bytes(), &x[..]);
+    }
+}
