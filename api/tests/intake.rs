@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use carflow_engine::config::Secret;
-use common::{Answer, Api, DEAD_BROKER, Kafka, dealer_of, settings, transactions, wait_for};
+use common::{
+    Answer, Api, DEAD_BROKER, Kafka, KafkaExt, dealer_of, settings, transactions, wait_for,
+};
 
 const JSON: &str = "application/json";
 const NDJSON: &str = "application/x-ndjson";
@@ -14,7 +16,7 @@ const NDJSON: &str = "application/x-ndjson";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_transaction_lands_in_kafka_intact_and_keyed_by_dealer() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-single").await;
+    let topic = kafka.topic("api-single", 3).await;
     let api = Api::start(settings(&kafka.brokers, &topic.name)).await;
     let t = &transactions(1, 1)[0];
     let a = api.post(JSON, t.clone()).await;
@@ -37,7 +39,7 @@ async fn a_single_transaction_lands_in_kafka_intact_and_keyed_by_dealer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndjson_lines_are_produced_or_rejected_with_their_line_numbers() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-ndjson").await;
+    let topic = kafka.topic("api-ndjson", 3).await;
     let api = Api::start(settings(&kafka.brokers, &topic.name)).await;
     let good = transactions(2, 200);
     let wrong_type = good[0].replace("\"mileage_km\":", "\"mileage_km\":\"far\",\"_was\":");
@@ -89,7 +91,7 @@ async fn ndjson_lines_are_produced_or_rejected_with_their_line_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_without_a_valid_record_is_422_and_sends_nothing() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-none").await;
+    let topic = kafka.topic("api-none", 3).await;
     let api = Api::start(settings(&kafka.brokers, &topic.name)).await;
     let a = api.post(NDJSON, "{\"a\":1}\nnot json\n[1,2]\n").await;
     assert_eq!(a.status, 422, "{}", a.text);
@@ -108,7 +110,7 @@ async fn a_body_without_a_valid_record_is_422_and_sends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_errors_answer_with_their_status_and_a_json_error() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-errors").await;
+    let topic = kafka.topic("api-errors", 3).await;
     let mut s = settings(&kafka.brokers, &topic.name);
     s.max_body_bytes = 4096;
     let api = Api::start(s).await;
@@ -170,7 +172,7 @@ async fn request_errors_answer_with_their_status_and_a_json_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_writes_need_the_bearer() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-token").await;
+    let topic = kafka.topic("api-token", 3).await;
     let token = "tok-3f9a1c";
     let mut s = settings(&kafka.brokers, &topic.name);
     s.token = Secret(token.into());
@@ -308,7 +310,7 @@ async fn beyond_max_in_flight_the_answer_is_503_and_nothing_is_sent() {
 #[ignore = "stops and starts the shared Kafka broker with deploy/services.sh"]
 async fn when_the_real_broker_stops_and_comes_back() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-restart").await;
+    let topic = kafka.topic("api-restart", 3).await;
     let api = Api::start(settings(&kafka.brokers, &topic.name)).await;
     let services = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/services.sh");
     let run = move |cmd: &'static str| {

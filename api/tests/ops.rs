@@ -7,7 +7,7 @@ use common::{Answer, Api, DEAD_BROKER, Kafka, settings, transactions};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_says_whether_kafka_and_the_topic_are_there() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-health").await;
+    let topic = kafka.topic("api-health", 3).await;
     let api = Api::start(settings(&kafka.brokers, &topic.name)).await;
     let a = Answer::read(api.http.get(api.at("/health")).send().await.unwrap()).await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -38,7 +38,7 @@ async fn health_says_whether_kafka_and_the_topic_are_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_and_records() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-metrics").await;
+    let topic = kafka.topic("api-metrics", 3).await;
     let api = Api::start(settings(&kafka.brokers, &topic.name)).await;
     let body = transactions(20, 4).join("\n") + "\nbroken\n";
     let a = api.post("application/x-ndjson", body).await;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use carflow_engine::generator::{Clock, Generator, GeneratorConfig};
-use common::{Answer, Api, Kafka, settings, wait_for};
+use common::{Answer, Api, Kafka, KafkaExt, settings, wait_for};
 use futures::StreamExt;
 
 /// The first `n` transactions of the engine's generator for `config`, as JSON text.
@@ -160,7 +160,7 @@ async fn bad_parameters_are_400_naming_the_parameter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_puts_the_streamed_transactions_in_kafka() {
     let kafka = Kafka::get();
-    let topic = kafka.topic("api-publish").await;
+    let topic = kafka.topic("api-publish", 3).await;
     let api = Api::start(settings(&kafka.brokers, &topic.name)).await;
     let r = get(&api, "?seed=3&count=40&rate=10000&publish=true", None).await;
     assert_eq!(r.status(), 200);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod kafka;
 pub mod proxy;
 pub mod services;
 pub mod verify;

@@ -3,146 +3,15 @@
 //! database, cleaned up on drop.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use carflow_engine::storage::Location;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
-/// Poll `cond` until it holds or `timeout` passes; panics with `what` on timeout.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_string())
-}
-
-/// Run `fut` to completion on a fresh runtime in another thread (for cleanup in `Drop`, which
-/// may run inside or outside a runtime).
-fn block_on_thread<F: std::future::Future + Send + 'static>(fut: F) {
-    let _ = std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            rt.block_on(fut);
-        }
-    })
-    .join();
-}
-
-/// A unique name for a test resource.
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
-}
-
-/// Apache Kafka.
-#[derive(Clone)]
-pub struct Kafka {
-    pub brokers: String,
-}
-
-impl Kafka {
-    /// The broker of `CARFLOW_KAFKA_BROKERS` (default 127.0.0.1:9092), reachable.
-    pub fn get() -> Self {
-        let brokers = env_or("CARFLOW_KAFKA_BROKERS", "127.0.0.1:9092");
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        if let Err(e) = consumer.fetch_metadata(None, Duration::from_secs(5)) {
-            panic!(
-                "Kafka is not reachable at {brokers} ({e}): start it with deploy/services.sh up kafka"
-            );
-        }
-        Self { brokers }
-    }
-
-    fn admin(&self) -> AdminClient<DefaultClientContext> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .unwrap()
-    }
-
-    /// A new topic with `partitions`, deleted when dropped.
-    pub async fn topic(&self, prefix: &str, partitions: i32) -> Topic {
-        let name = unique(prefix);
-        let admin = self.admin();
-        let t = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
-        let r = admin
-            .create_topics(
-                [&t],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .unwrap();
-        for x in r {
-            x.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-        }
-        Topic {
-            name,
-            kafka: self.clone(),
-        }
-    }
-
-    /// High watermark (end offset) of every partition of `topic`.
-    pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let n = md.topics()[0].partitions().len() as i32;
-        (0..n)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .1
-            })
-            .collect()
-    }
-}
-
-/// A test topic.
-pub struct Topic {
-    pub name: String,
-    kafka: Kafka,
-}
-
-impl Drop for Topic {
-    fn drop(&mut self) {
-        let (name, admin) = (self.name.clone(), self.kafka.admin());
-        block_on_thread(async move {
-            let _ = admin.delete_topics(&[&name], &AdminOptions::new()).await;
-        });
-    }
-}
+#[allow(unused_imports)]
+pub use super::kafka::{Kafka, Topic, unique, wait_for};
+use super::kafka::{block_on_thread, env_or};
 
 /// HDFS (a MiniDFSCluster namenode).
 #[derive(Clone)]

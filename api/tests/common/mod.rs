@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use carflow_api::ApiSettings;
 use carflow_engine::generator::{Generator, GeneratorConfig};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
@@ -19,179 +17,81 @@ use tokio_util::sync::CancellationToken;
 /// An address where nothing listens: a broker that is down.
 pub const DEAD_BROKER: &str = "127.0.0.1:1";
 
-/// Poll `cond` until it holds; panics with `what` after `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+#[path = "../../../tests/common/kafka.rs"]
+mod kafka;
+#[allow(unused_imports)]
+pub use kafka::{Kafka, Topic, wait_for};
 
-/// The Kafka broker of the tests.
-#[derive(Clone)]
-pub struct Kafka {
-    pub brokers: String,
-}
-
-impl Kafka {
-    /// The broker of `CARFLOW_KAFKA_BROKERS` (default 127.0.0.1:9092); panics in one line if it
-    /// does not answer.
-    pub fn get() -> Self {
-        let brokers =
-            std::env::var("CARFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("kafka client");
-        if let Err(e) = consumer.fetch_metadata(None, Duration::from_secs(10)) {
-            panic!(
-                "Kafka is not reachable at {brokers} ({e}): start it with: deploy/services.sh up kafka"
-            );
-        }
-        Self { brokers }
-    }
-
-    fn admin(&self) -> AdminClient<DefaultClientContext> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .expect("kafka admin client")
-    }
-
-    /// A fresh topic with 3 partitions, deleted when dropped.
-    pub async fn topic(&self, prefix: &str) -> Topic {
-        let name = format!(
-            "{prefix}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..10]
-        );
-        let t = NewTopic::new(&name, 3, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for r in self
-            .admin()
-            .create_topics([&t], &opts)
-            .await
-            .expect("create topic")
-        {
-            r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-        }
-        let topic = Topic {
-            name,
-            kafka: self.clone(),
-        };
-        let (brokers, name) = (self.brokers.clone(), topic.name.clone());
-        wait_for(
-            "the new topic's metadata",
-            Duration::from_secs(30),
-            move || {
-                let (brokers, name) = (brokers.clone(), name.clone());
-                async move {
-                    tokio::task::spawn_blocking(move || {
-                        carflow_engine::source::kafka::check_topic(
-                            &brokers,
-                            &name,
-                            Duration::from_secs(5),
-                        )
-                    })
-                    .await
-                    .expect("metadata task")
-                        == Ok(3)
-                }
-            },
-        )
-        .await;
-        topic
-    }
-
+/// What the API tests read back from Kafka.
+pub trait KafkaExt {
     /// How many records `topic` holds (its end offsets summed).
-    pub async fn record_count(&self, topic: &str) -> i64 {
+    fn record_count(&self, topic: &str) -> impl std::future::Future<Output = i64> + Send;
+    /// Every record of `topic` (it must hold exactly `n`), read from the beginning; panics after
+    /// 60 s without them.
+    fn consume(
+        &self,
+        topic: &str,
+        n: usize,
+    ) -> impl std::future::Future<Output = Vec<Consumed>> + Send;
+}
+
+impl KafkaExt for Kafka {
+    async fn record_count(&self, topic: &str) -> i64 {
         let (k, t) = (self.clone(), topic.to_string());
-        tokio::task::spawn_blocking(move || k.record_count_blocking(&t))
+        tokio::task::spawn_blocking(move || k.end_offsets(&t).iter().sum())
             .await
             .expect("watermark task")
     }
 
-    fn record_count_blocking(&self, topic: &str) -> i64 {
-        let c = self.consumer();
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        md.topics()[0]
-            .partitions()
-            .iter()
-            .map(|p| {
-                c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1
-            })
-            .sum()
-    }
-
-    fn consumer(&self) -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", "carflow-api-tests")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("kafka consumer")
-    }
-
-    /// Every record of `topic` (it must hold exactly `n`), read from the beginning; panics after
-    /// 60 s without them.
-    pub async fn consume(&self, topic: &str, n: usize) -> Vec<Consumed> {
+    async fn consume(&self, topic: &str, n: usize) -> Vec<Consumed> {
         let (k, t) = (self.clone(), topic.to_string());
-        tokio::task::spawn_blocking(move || k.consume_blocking(&t, n))
+        tokio::task::spawn_blocking(move || consume_blocking(&k, &t, n))
             .await
             .expect("consumer task")
     }
+}
 
-    fn consume_blocking(&self, topic: &str, n: usize) -> Vec<Consumed> {
-        let c = self.consumer();
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("assignment");
-        }
-        c.assign(&tpl).expect("assign");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut out = Vec::new();
-        while out.len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "read {} of {n} records from {topic} in 60s",
-                out.len()
-            );
-            if let Some(m) = c.poll(Duration::from_millis(200)) {
-                let m = m.expect("consume");
-                out.push(Consumed {
-                    partition: m.partition(),
-                    key: m
-                        .key()
-                        .map(|k| String::from_utf8(k.to_vec()).expect("utf-8 key")),
-                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                });
-            }
-        }
-        assert_eq!(
-            self.record_count_blocking(topic),
-            n as i64,
-            "{topic} holds more records than expected"
-        );
-        out
+fn consume_blocking(k: &Kafka, topic: &str, n: usize) -> Vec<Consumed> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .set("group.id", "carflow-api-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("kafka consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .expect("assignment");
     }
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {n} records from {topic} in 60s",
+            out.len()
+        );
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.expect("consume");
+            out.push(Consumed {
+                partition: m.partition(),
+                key: m
+                    .key()
+                    .map(|k| String::from_utf8(k.to_vec()).expect("utf-8 key")),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            });
+        }
+    }
+    assert_eq!(
+        k.end_offsets(topic).iter().sum::<i64>(),
+        n as i64,
+        "{topic} holds more records than expected"
+    );
+    out
 }
 
 /// One record read back.
@@ -200,27 +100,6 @@ pub struct Consumed {
     pub partition: i32,
     pub key: Option<String>,
     pub payload: Vec<u8>,
-}
-
-/// A test topic, deleted on drop.
-pub struct Topic {
-    pub name: String,
-    kafka: Kafka,
-}
-
-impl Drop for Topic {
-    fn drop(&mut self) {
-        let (name, admin) = (self.name.clone(), self.kafka.admin());
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                let _ = rt.block_on(admin.delete_topics(&[&name], &AdminOptions::new()));
-            }
-        })
-        .join();
-    }
 }
 
 /// Settings for a test service on `brokers`/`topic`, with a short delivery timeout.
