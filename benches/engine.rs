@@ -70,7 +70,9 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-fn transforms(c: &mut Criterion) {
+/// A runtime and a planner holding one batch of `ROWS` decoded transactions (as the batch and as
+/// the window rows), with every file of `queries/` planned.
+fn planned() -> (tokio::runtime::Runtime, Planner, TransformSet) {
     let rt = runtime();
     let rows = decode_batch(&messages(ROWS), 1 << 20).unwrap().rows;
     let planner = Planner::new().unwrap();
@@ -78,6 +80,11 @@ fn transforms(c: &mut Criterion) {
     rt.block_on(set.reload(&planner, &queries())).unwrap();
     planner.batch.set(vec![rows.clone()]);
     planner.windows.set(vec![rows.clone()]);
+    (rt, planner, set)
+}
+
+fn transforms(c: &mut Criterion) {
+    let (rt, planner, set) = planned();
     let mut g = c.benchmark_group("transform");
     g.throughput(Throughput::Elements(ROWS as u64));
     g.sample_size(20);
@@ -91,13 +98,7 @@ fn transforms(c: &mut Criterion) {
 }
 
 fn encode(c: &mut Criterion) {
-    let rt = runtime();
-    let rows = decode_batch(&messages(ROWS), 1 << 20).unwrap().rows;
-    let planner = Planner::new().unwrap();
-    let mut set = TransformSet::default();
-    rt.block_on(set.reload(&planner, &queries())).unwrap();
-    planner.batch.set(vec![rows.clone()]);
-    planner.windows.set(vec![rows.clone()]);
+    let (rt, planner, set) = planned();
     let lake_rows: Vec<RecordBatch> = {
         let cars = set.iter().find(|t| t.name == "cars").unwrap();
         rt.block_on(cars.execute(planner.context_for(cars)))

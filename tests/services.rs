@@ -500,12 +500,7 @@ async fn a_sink_that_is_down_stops_the_engine_and_it_resumes_on_its_own() {
         },
     )
     .await;
-    let health: serde_json::Value = reqwest::get(format!("http://{}/health", engine.addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = engine.health().await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert!(
         health["problem"].as_str().unwrap().contains("influxdb"),
@@ -528,12 +523,7 @@ async fn a_sink_that_is_down_stops_the_engine_and_it_resumes_on_its_own() {
     proxy.up();
     s.wait_done(&mut [&mut engine], Duration::from_secs(600))
         .await;
-    let health: serde_json::Value = reqwest::get(format!("http://{}/health", engine.addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = engine.health().await;
     assert_eq!(health["status"], "ok", "{health}");
     engine.stop();
     s.check(n as i64, 0).await;

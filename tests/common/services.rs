@@ -129,32 +129,30 @@ pub struct InfluxDb {
     influx: Influx,
 }
 
+/// The first column of an InfluxQL answer's first series (e.g. SHOW MEASUREMENTS), as strings.
+fn first_column(answer: &serde_json::Value) -> Vec<String> {
+    answer["results"][0]["series"][0]["values"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|x| x[0].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl InfluxDb {
     /// Every point of every measurement except `carflow_engine`, as parsed points.
     pub async fn points(&self) -> super::verify::Points {
         let mut out = super::verify::Points::new();
         let ms = self.influx.influxql(&self.name, "SHOW MEASUREMENTS").await;
-        let names: Vec<String> = ms["results"][0]["series"][0]["values"]
-            .as_array()
-            .map(|v| {
-                v.iter()
-                    .map(|x| x[0].as_str().unwrap().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = first_column(&ms);
         for m in names.into_iter().filter(|m| m != "carflow_engine") {
             let tags = self
                 .influx
                 .influxql(&self.name, &format!("SHOW TAG KEYS FROM \"{m}\""))
                 .await;
-            let tag_keys: Vec<String> = tags["results"][0]["series"][0]["values"]
-                .as_array()
-                .map(|v| {
-                    v.iter()
-                        .map(|x| x[0].as_str().unwrap().to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let tag_keys = first_column(&tags);
             let v = self
                 .influx
                 .influxql(&self.name, &format!("SELECT * FROM \"{m}\""))
