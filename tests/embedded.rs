@@ -316,6 +316,26 @@ fn carflow(dir: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `carflow sql -c "SELECT count(*) FROM cars"` in `dir`, as a number.
+fn lake_count(dir: &Path) -> u64 {
+    let (ok, out) = carflow(
+        dir,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "--quiet",
+            "-c",
+            "SELECT count(*) AS n FROM cars",
+        ],
+    );
+    assert!(ok, "{out}");
+    out.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in:\n{out}"))
+}
+
 #[test]
 fn the_demo_then_sql_count_what_the_demo_generated() {
     let dir = tempfile::tempdir().unwrap();
@@ -338,37 +358,14 @@ fn the_demo_then_sql_count_what_the_demo_generated() {
         "it says what to run next:\n{out}"
     );
     assert!(dir.path().join("data/metrics.lp").exists());
-    let (ok, out) = carflow(
-        dir.path(),
-        &[
-            "sql",
-            "--format",
-            "csv",
-            "--quiet",
-            "-c",
-            "SELECT count(*) AS n FROM cars",
-        ],
-    );
-    assert!(ok, "{out}");
-    assert_eq!(out.lines().nth(1).map(str::trim), Some("7000"), "{out}");
+    assert_eq!(lake_count(dir.path()), 7000);
     // A second demo starts fresh rather than piling onto the first.
     let (ok, out) = carflow(
         dir.path(),
         &["demo", "--count", "1000", "--rate", "0", "--queries", &q],
     );
     assert!(ok, "{out}");
-    let (_, out) = carflow(
-        dir.path(),
-        &[
-            "sql",
-            "--format",
-            "csv",
-            "--quiet",
-            "-c",
-            "SELECT count(*) AS n FROM cars",
-        ],
-    );
-    assert_eq!(out.lines().nth(1).map(str::trim), Some("1000"), "{out}");
+    assert_eq!(lake_count(dir.path()), 1000);
 }
 
 #[test]
