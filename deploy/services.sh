@@ -13,11 +13,17 @@
 #   deploy/services.sh reset  [svc ...]                   stop and delete the service's data
 #   deploy/services.sh install [svc ...]                  only build/download into the cache
 #   deploy/services.sh classpath <kafka|hdfs>             the Java classpath (for the Kafka/Hadoop tools)
-#   deploy/services.sh fs <FsShell args>                  hadoop fs against hdfs://127.0.0.1:9000
+#   deploy/services.sh fs <FsShell args>                  hadoop fs against hdfs://127.0.0.1:9000 (CARFLOW_HDFS_PORT)
+#   deploy/services.sh dfsadmin <DFSAdmin args>           hdfs dfsadmin, e.g. -safemode enter|leave|get
 #
 # Environment: CARFLOW_RUN_DIR (default <repo>/.run), CARFLOW_CACHE_DIR (default ~/.cache/carflow),
 # JAVA_HOME (else java on PATH; 17+), CARFLOW_UP_TIMEOUT (seconds per service, default 180),
 # CARFLOW_NO_CDS=1 (no JVM class-data-sharing archives).
+# A second, isolated instance (e.g. benches/faults/run.sh) gets its own run directory and ports:
+# CARFLOW_KAFKA_PORT (9092), CARFLOW_KAFKA_CONTROLLER_PORT (9093), CARFLOW_HDFS_PORT (9000),
+# CARFLOW_HDFS_HTTP_PORT (9870), CARFLOW_INFLUX_PORT (8086), CARFLOW_INFLUX_RPC_PORT (8088);
+# every command (env, fs, check, ...) then uses those ports. Other ports need another CARFLOW_RUN_DIR,
+# and with another run directory only processes started from it are ever stopped.
 set -euo pipefail
 
 DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,6 +31,13 @@ REPO_DIR=$(cd "$DEPLOY_DIR/.." && pwd)
 RUN_DIR=${CARFLOW_RUN_DIR:-$REPO_DIR/.run}
 CACHE_DIR=${CARFLOW_CACHE_DIR:-${HOME:-/root}/.cache/carflow}
 UP_TIMEOUT=${CARFLOW_UP_TIMEOUT:-180}
+KAFKA_PORT=${CARFLOW_KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${CARFLOW_KAFKA_CONTROLLER_PORT:-9093}
+HDFS_PORT=${CARFLOW_HDFS_PORT:-9000}
+HDFS_HTTP_PORT=${CARFLOW_HDFS_HTTP_PORT:-9870}
+INFLUX_PORT=${CARFLOW_INFLUX_PORT:-8086}
+INFLUX_RPC_PORT=${CARFLOW_INFLUX_RPC_PORT:-8088}
+DEFAULT_RUN_DIR=$REPO_DIR/.run
 ALL_SERVICES=(kafka hdfs influxdb)
 
 KAFKA_TOPICS=("car-transactions-logs:6")
@@ -44,6 +57,20 @@ fi
 # helpers
 
 die() { printf 'services.sh: %s\n' "$*" >&2; exit 2; }
+
+# Another port set must come with its own run directory: the pid files of the default instance must
+# never be mistaken for the other instance's (a "down" would stop the shared services).
+check_instance() {
+    local p
+    for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$HDFS_PORT" "$HDFS_HTTP_PORT" "$INFLUX_PORT" "$INFLUX_RPC_PORT"; do
+        [[ $p =~ ^[0-9]+$ ]] && ((p > 0 && p < 65536)) || die "port '$p' is not a TCP port number (CARFLOW_*_PORT)"
+    done
+    if [[ "$KAFKA_PORT $KAFKA_CONTROLLER_PORT $HDFS_PORT $HDFS_HTTP_PORT $INFLUX_PORT $INFLUX_RPC_PORT" != "9092 9093 9000 9870 8086 8088" &&
+        $(realpath -m "$RUN_DIR") == $(realpath -m "$DEFAULT_RUN_DIR") ]]; then
+        die "non-default ports (CARFLOW_*_PORT) need their own CARFLOW_RUN_DIR, not $RUN_DIR"
+    fi
+}
+check_instance
 note() { printf '%s\n' "$*" >&2; }
 
 # A path relative to the current directory when it is below it (shorter messages).
@@ -85,16 +112,20 @@ marker() {
     esac
 }
 main_port() {
-    case $1 in kafka) echo 9092 ;; hdfs) echo 9000 ;; influxdb) echo 8086 ;; esac
+    case $1 in kafka) echo "$KAFKA_PORT" ;; hdfs) echo "$HDFS_PORT" ;; influxdb) echo "$INFLUX_PORT" ;; esac
 }
 all_ports() {
-    case $1 in kafka) echo 9092 9093 ;; hdfs) echo 9000 9870 ;; influxdb) echo 8086 8088 ;; esac
+    case $1 in
+        kafka) echo "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" ;;
+        hdfs) echo "$HDFS_PORT" "$HDFS_HTTP_PORT" ;;
+        influxdb) echo "$INFLUX_PORT" "$INFLUX_RPC_PORT" ;;
+    esac
 }
 endpoint() {
     case $1 in
-        kafka) echo "127.0.0.1:9092" ;;
-        hdfs) echo "hdfs://127.0.0.1:9000" ;;
-        influxdb) echo "http://127.0.0.1:8086" ;;
+        kafka) echo "127.0.0.1:$KAFKA_PORT" ;;
+        hdfs) echo "hdfs://127.0.0.1:$HDFS_PORT" ;;
+        influxdb) echo "http://127.0.0.1:$INFLUX_PORT" ;;
     esac
 }
 stop_timeout() {
@@ -102,9 +133,14 @@ stop_timeout() {
 }
 
 is_ours() { # <svc> <pid>
-    local pid=$2
+    local pid=$2 cmdline
     [[ -n $pid && -r /proc/$pid/cmdline ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$(marker "$1")"
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+    grep -qF -- "$(marker "$1")" <<<"$cmdline" || return 1
+    # Another instance (not the default run directory): only processes started from its run directory.
+    if [[ $(realpath -m "$RUN_DIR") != $(realpath -m "$DEFAULT_RUN_DIR") ]]; then
+        grep -qF -- "$(realpath -m "$RUN_DIR")/" <<<"$cmdline" || return 1
+    fi
 }
 
 # The pid of the running service, or nothing. Falls back to the listener of its main port, so a lost
@@ -306,7 +342,10 @@ start_kafka() {
     local dir
     dir=$(svc_dir kafka)
     mkdir -p "$dir" || return 1
-    sed "s#@KAFKA_DIR@#$dir#g" "$DEPLOY_DIR/kafka/server.properties" >"$dir/server.properties" || return 1
+    # The template's ports are the defaults; another instance replaces them (a no-op by default).
+    sed -e "s#@KAFKA_DIR@#$dir#g" -e "s#127\.0\.0\.1:9092\b#127.0.0.1:$KAFKA_PORT#g" \
+        -e "s#127\.0\.0\.1:9093\b#127.0.0.1:$KAFKA_CONTROLLER_PORT#g" \
+        "$DEPLOY_DIR/kafka/server.properties" >"$dir/server.properties" || return 1
     if [[ ! -f $dir/meta/meta.properties ]]; then
         # First start: format the KRaft storage (a single voter, so --standalone).
         rm -rf "$dir/meta" "$dir/data"
@@ -336,14 +375,16 @@ start_hdfs() {
     spawn "$(pid_file hdfs)" "$dir/stdout.log" "$dir/hdfs.log" \
         "$JAVA" ${cds:+"$cds"} "${JAVA_DAEMON_LOG[@]}" -Xms256m -Xmx1g "${JAVA_COMMON[@]}" \
         -Dlog4j.configuration="file:$DEPLOY_DIR/hdfs/log4j.properties" \
-        -cp "$(classpath hdfs)" carflow.MiniHdfs --base-dir "$dir/data" --port 9000 --http-port 9870
+        -cp "$(classpath hdfs)" carflow.MiniHdfs --base-dir "$dir/data" --port "$HDFS_PORT" --http-port "$HDFS_HTTP_PORT"
 }
 
 start_influxdb() {
     local dir
     dir=$(svc_dir influxdb)
     mkdir -p "$dir" || return 1
-    sed "s#@INFLUX_DIR@#$dir#g" "$DEPLOY_DIR/influxdb/influxdb.conf" >"$dir/influxdb.conf" || return 1
+    sed -e "s#@INFLUX_DIR@#$dir#g" -e "s#127\.0\.0\.1:8086\b#127.0.0.1:$INFLUX_PORT#g" \
+        -e "s#127\.0\.0\.1:8088\b#127.0.0.1:$INFLUX_RPC_PORT#g" \
+        "$DEPLOY_DIR/influxdb/influxdb.conf" >"$dir/influxdb.conf" || return 1
     if [[ -f $dir/influxdb.log ]]; then mv -f "$dir/influxdb.log" "$dir/influxdb.log.prev"; fi
     spawn "$(pid_file influxdb)" "$dir/influxdb.log" "$dir/influxdb.log" \
         "$(influxd_bin)" run -config "$dir/influxdb.conf"
@@ -352,29 +393,29 @@ start_influxdb() {
 # ---------------------------------------------------------------------------------------------------
 # readiness: *_ready answers quickly whether the service serves requests; *_post does the one-off setup
 
-kafka_ready() { port_open 9092 && port_open 9093; }
+kafka_ready() { port_open "$KAFKA_PORT" && port_open "$KAFKA_CONTROLLER_PORT"; }
 kafka_post() {
     local t name parts
     for t in "${KAFKA_TOPICS[@]}"; do
         name=${t%%:*}
         parts=${t##*:}
-        kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --create \
+        kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --create \
             --if-not-exists --topic "$name" --partitions "$parts" --replication-factor 1 >/dev/null || return 1
     done
 }
 
 hdfs_ready() {
-    port_open 9000 && port_open 9870 &&
-        curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:9870/webhdfs/v1/?op=GETFILESTATUS"
+    port_open "$HDFS_PORT" && port_open "$HDFS_HTTP_PORT" &&
+        curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:$HDFS_HTTP_PORT/webhdfs/v1/?op=GETFILESTATUS"
 }
 hdfs_started() { grep -q '^READY ' "$(svc_dir hdfs)/stdout.log" 2>/dev/null; }
 hdfs_post() { :; }
 
-influxdb_ready() { curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:8086/ping"; }
+influxdb_ready() { curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:$INFLUX_PORT/ping"; }
 influxdb_post() {
     local db
     for db in "${INFLUX_DATABASES[@]}"; do
-        curl -sf -o /dev/null --max-time 10 -XPOST "http://127.0.0.1:8086/query" \
+        curl -sf -o /dev/null --max-time 10 -XPOST "http://127.0.0.1:$INFLUX_PORT/query" \
             --data-urlencode "q=CREATE DATABASE $db" || return 1
     done
 }
@@ -560,13 +601,13 @@ check_kafka() {
     local topic msg got
     topic="carflow-smoke-$(date +%s%N)"
     msg="smoke-$RANDOM-$RANDOM"
-    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --create \
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --create \
         --topic "$topic" --partitions 1 --replication-factor 1 >/dev/null || return 1
-    echo "$msg" | kafka_tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server 127.0.0.1:9092 \
+    echo "$msg" | kafka_tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
         --topic "$topic" >/dev/null || return 1
-    got=$(kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server 127.0.0.1:9092 \
+    got=$(kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
         --topic "$topic" --from-beginning --max-messages 1 --timeout-ms 20000 2>/dev/null) || true
-    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --delete \
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --delete \
         --topic "$topic" >/dev/null 2>&1 || true
     [[ $got == "$msg" ]] || { echo "produced '$msg', consumed '$got'"; return 1; }
     echo "produced and consumed one message on a scratch topic"
@@ -574,22 +615,22 @@ check_kafka() {
 check_hdfs() {
     local f url got listing
     f="/tmp/carflow-smoke/$(date +%s%N).txt"
-    url="http://127.0.0.1:9870/webhdfs/v1$f"
+    url="http://127.0.0.1:$HDFS_HTTP_PORT/webhdfs/v1$f"
     curl -sf -L -X PUT -T - "$url?op=CREATE&overwrite=true&user.name=carflow" <<<"carflow smoke" >/dev/null || return 1
-    listing=$(curl -sf "http://127.0.0.1:9870/webhdfs/v1$(dirname "$f")?op=LISTSTATUS") || return 1
+    listing=$(curl -sf "http://127.0.0.1:$HDFS_HTTP_PORT/webhdfs/v1$(dirname "$f")?op=LISTSTATUS") || return 1
     got=$(curl -sf -L "$url?op=OPEN&user.name=carflow") || return 1
-    curl -sf -X DELETE "http://127.0.0.1:9870/webhdfs/v1/tmp/carflow-smoke?op=DELETE&recursive=true&user.name=carflow" >/dev/null || true
+    curl -sf -X DELETE "http://127.0.0.1:$HDFS_HTTP_PORT/webhdfs/v1/tmp/carflow-smoke?op=DELETE&recursive=true&user.name=carflow" >/dev/null || true
     [[ $got == "carflow smoke" && $listing == *"$(basename "$f")"* ]] || { echo "read back '$got'"; return 1; }
     echo "wrote, listed and read back $f over WebHDFS"
 }
 check_influxdb() {
     local ts got
     ts=$(date +%s%3N)
-    curl -sf -XPOST "http://127.0.0.1:8086/api/v2/write?bucket=${INFLUX_DATABASES[0]}&precision=ms" \
+    curl -sf -XPOST "http://127.0.0.1:$INFLUX_PORT/api/v2/write?bucket=${INFLUX_DATABASES[0]}&precision=ms" \
         -H "Authorization: Token carflow:carflow" --data-binary "carflow_smoke,check=1 value=42i $ts" || return 1
-    got=$(curl -sf -G "http://127.0.0.1:8086/query" --data-urlencode "db=${INFLUX_DATABASES[0]}" \
+    got=$(curl -sf -G "http://127.0.0.1:$INFLUX_PORT/query" --data-urlencode "db=${INFLUX_DATABASES[0]}" \
         --data-urlencode "q=SELECT value FROM carflow_smoke") || return 1
-    curl -sf -XPOST "http://127.0.0.1:8086/query" --data-urlencode "db=${INFLUX_DATABASES[0]}" \
+    curl -sf -XPOST "http://127.0.0.1:$INFLUX_PORT/query" --data-urlencode "db=${INFLUX_DATABASES[0]}" \
         --data-urlencode "q=DROP MEASUREMENT carflow_smoke" >/dev/null || true
     [[ $got == *'"value"'*42* ]] || { echo "query returned: $got"; return 1; }
     echo "wrote a point with /api/v2/write, read it back with InfluxQL"
@@ -615,11 +656,11 @@ cmd_check() {
 
 cmd_env() {
     cat <<EOF
-export CARFLOW_KAFKA_BROKERS=127.0.0.1:9092
+export CARFLOW_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export CARFLOW_KAFKA_TOPIC=${KAFKA_TOPICS[0]%%:*}
-export CARFLOW_HDFS_URL=hdfs://127.0.0.1:9000
-export CARFLOW_HDFS_HTTP_URL=http://127.0.0.1:9870
-export CARFLOW_INFLUX_URL=http://127.0.0.1:8086
+export CARFLOW_HDFS_URL=hdfs://127.0.0.1:$HDFS_PORT
+export CARFLOW_HDFS_HTTP_URL=http://127.0.0.1:$HDFS_HTTP_PORT
+export CARFLOW_INFLUX_URL=http://127.0.0.1:$INFLUX_PORT
 export CARFLOW_INFLUX_DB=${INFLUX_DATABASES[0]}
 export CARFLOW_RUN_DIR=$RUN_DIR
 EOF
@@ -707,7 +748,14 @@ main() {
             exec "$JAVA" -Xmx512m -XX:TieredStopAtLevel=1 "${JAVA_COMMON[@]}" \
                 -Dlog4j.configuration="file:$DEPLOY_DIR/hdfs/log4j.properties" -Dhadoop.root.logger=WARN,stderr \
                 -cp "$DEPLOY_DIR/hdfs/client-conf:$(classpath hdfs)" org.apache.hadoop.fs.FsShell \
-                -fs hdfs://127.0.0.1:9000 "$@"
+                -fs "hdfs://127.0.0.1:$HDFS_PORT" "$@"
+            ;;
+        dfsadmin)
+            install_svc hdfs || die "install of hdfs failed (log: $(install_log hdfs))"
+            exec "$JAVA" -Xmx512m -XX:TieredStopAtLevel=1 "${JAVA_COMMON[@]}" \
+                -Dlog4j.configuration="file:$DEPLOY_DIR/hdfs/log4j.properties" -Dhadoop.root.logger=WARN,stderr \
+                -cp "$DEPLOY_DIR/hdfs/client-conf:$(classpath hdfs)" org.apache.hadoop.hdfs.tools.DFSAdmin \
+                -fs "hdfs://127.0.0.1:$HDFS_PORT" "$@"
             ;;
         -h | --help | help) usage ;;
         *) usage; exit 2 ;;
