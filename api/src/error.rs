@@ -71,6 +71,14 @@ impl HttpError {
         }
     }
 
+    /// 429 Too Many Requests with `Retry-After`.
+    pub fn too_many_requests(error: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, error)
+        }
+    }
+
     /// The same error, closing the connection (answered before the body was read to its end).
     pub fn closing(mut self) -> Self {
         self.close = true;

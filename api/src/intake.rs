@@ -1,13 +1,16 @@
 //! `POST /api/logs`: transactions in, Kafka's acknowledgements out.
 //!
 //! In order: the bearer token (401), the content type (415), the body size (413, before and
-//! while reading), the body's shape (400), each record against the engine's schema (rejected
-//! lines), room in the in-flight limiter (503 + `Retry-After`, nothing sent), then every valid
+//! while reading), room for the body's bytes in `api.max_in_flight_body_bytes` (503 +
+//! `Retry-After`, before reading when `Content-Length` says the size, else chunk by chunk; the
+//! bytes are held until the answer is ready), the body's shape (400), each record against the
+//! engine's schema (rejected lines), room in the in-flight limiter (503 + `Retry-After`, nothing
+//! sent), then every valid
 //! record is produced and the answer waits for Kafka. A record is counted in `accepted` only once
 //! Kafka acknowledged it; one Kafka did not take is listed in `not_accepted` and the answer is
 //! 503. Room is reserved for `min(valid records, api.max_in_flight)` records at once, all or
 //! nothing; a larger body is sent in windows of that size. Answers given before the body was read
-//! to its end (401, 415, 413) carry `Connection: close`. Status codes of a body that was read:
+//! to its end (401, 415, 413, 503 for body bytes) carry `Connection: close`. Status codes of a body that was read:
 //!
 //! | status | when |
 //! |---|---|
@@ -27,6 +30,7 @@ use warp::reply::Response;
 
 use crate::error::{HttpError, json_response};
 use crate::kafka::Outgoing;
+use crate::limits::{BodyBytes, OverBudget};
 use crate::state::Service;
 use crate::validate::{BodyFormat, LineError, Validated, validate};
 
@@ -85,9 +89,22 @@ where
         .map_err(HttpError::closing)?;
     let format = BodyFormat::from_content_type(headers.content_type.as_deref())
         .map_err(HttpError::closing)?;
-    let body = read_body(body, headers.content_length, svc.settings.max_body_bytes)
-        .await
-        .map_err(HttpError::closing)?;
+    // Held until this function returns: the body is read, validated and produced under it.
+    let held = svc.body_budget.holder();
+    let body = read_body(
+        body,
+        headers.content_length,
+        svc.settings.max_body_bytes,
+        &held,
+    )
+    .await
+    .map_err(|mut e| {
+        if e.status == StatusCode::SERVICE_UNAVAILABLE {
+            svc.metrics.busy.inc();
+            e.detail["max_in_flight_body_bytes"] = svc.settings.max_in_flight_body_bytes.into();
+        }
+        e.closing()
+    })?;
     let max_message_bytes = svc.settings.max_message_bytes;
     let (body, validated) = tokio::task::spawn_blocking(move || {
         validate(&body, format, max_message_bytes).map(|v| (body, v))
@@ -191,10 +208,13 @@ fn answer(validated: Validated, results: Vec<crate::kafka::Delivered>) -> Respon
 }
 
 /// Read at most `max` bytes of body; 413 beyond (before reading when `Content-Length` says so).
+/// Every byte is first taken from `held`'s budget (all of `Content-Length` at once, else chunk by
+/// chunk); 503 + `Retry-After` when the budget has no room.
 pub async fn read_body<S, B>(
     body: S,
     content_length: Option<u64>,
     max: usize,
+    held: &BodyBytes,
 ) -> Result<Bytes, HttpError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
@@ -212,14 +232,32 @@ where
     if content_length.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
+    let busy = |over: OverBudget| {
+        HttpError::unavailable(
+            "busy: too many request body bytes are being processed (api.max_in_flight_body_bytes); nothing was sent, retry later",
+            RETRY_AFTER_BUSY_SECS,
+        )
+        .with_detail(serde_json::json!({
+            "body_bytes": over.wanted,
+            "available": over.available,
+        }))
+    };
+    if let Some(n) = content_length {
+        // n <= max, a usize.
+        held.try_add(n as usize).map_err(busy)?;
+    }
     let hint = content_length.map_or(64 << 10, |n| n as usize).min(max);
     let mut buf = BytesMut::with_capacity(hint);
     let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
         let chunk =
             chunk.map_err(|e| HttpError::bad_request(format!("cannot read the body: {e}")))?;
-        if buf.len() + chunk.remaining() > max {
+        let len = buf.len() + chunk.remaining();
+        if len > max {
             return Err(too_large());
+        }
+        if len > held.held() {
+            held.try_add(len - held.held()).map_err(busy)?;
         }
         buf.put(chunk);
     }

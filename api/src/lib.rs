@@ -14,9 +14,11 @@
 //! - **Acknowledged means in Kafka.** A record is reported accepted only after Kafka acknowledged
 //!   it (`acks=all`, idempotent producer, keyed by `dealer_id`); records Kafka did not take are
 //!   listed by line and the answer is 503.
-//! - **Bounded.** Request bodies (`api.max_body_bytes`), records in flight to Kafka
-//!   (`api.max_in_flight`, beyond which the answer is 503 with `Retry-After`), and the buffer
-//!   between the stream generator and a slow client.
+//! - **Bounded.** Request bodies (`api.max_body_bytes`), body bytes being read or processed over
+//!   all requests (`api.max_in_flight_body_bytes`, beyond which the answer is 503 with
+//!   `Retry-After`), records in flight to Kafka (`api.max_in_flight`, 503 with `Retry-After`),
+//!   open streams (`api.max_streams`, 429 with `Retry-After`), and the buffer between the stream
+//!   generator and a slow client. See [`limits`].
 //! - **Authenticated writes.** With `api.token` set, everything that writes to Kafka needs
 //!   `Authorization: Bearer <token>`; the token is compared in constant time and never logged.
 //!
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod error;
 pub mod intake;
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod settings;
@@ -47,6 +50,7 @@ pub use settings::ApiSettings;
 
 use crate::auth::BearerAuth;
 use crate::kafka::KafkaWriter;
+use crate::limits::{BodyBudget, StreamSlots};
 use crate::metrics::ApiMetrics;
 use crate::state::Service;
 
@@ -73,6 +77,8 @@ pub async fn serve(
     })?;
     let svc = Arc::new(Service {
         auth: BearerAuth::new(settings.token.clone()),
+        streams: StreamSlots::new(settings.max_streams),
+        body_budget: BodyBudget::new(settings.max_in_flight_body_bytes),
         settings,
         writer,
         metrics,
@@ -85,6 +91,8 @@ pub async fn serve(
         topic = %svc.settings.topic,
         auth = svc.auth.enabled(),
         max_in_flight = svc.settings.max_in_flight,
+        max_streams = svc.settings.max_streams,
+        max_in_flight_body_bytes = svc.settings.max_in_flight_body_bytes,
         "carflow api listening"
     );
     warp::serve(routes::routes(Arc::clone(&svc)))

@@ -55,8 +55,13 @@ pub struct ApiMetrics {
     pub kafka_errors: Counter,
     /// Records sent to Kafka and not yet acknowledged.
     pub in_flight: Gauge,
-    /// Requests turned away with 503 because `max_in_flight` was reached.
+    /// Requests turned away with 503 because `max_in_flight` or `max_in_flight_body_bytes` was
+    /// reached.
     pub busy: Counter,
+    /// Body bytes being read or processed now.
+    pub body_bytes: Gauge,
+    /// Streams refused with 429 because `max_streams` were open.
+    pub streams_refused: Counter,
     /// Transactions written to stream clients.
     pub streamed: Counter,
     /// Open streams.
@@ -85,6 +90,8 @@ impl ApiMetrics {
             kafka_errors: Counter::default(),
             in_flight: Gauge::default(),
             busy: Counter::default(),
+            body_bytes: Gauge::default(),
+            streams_refused: Counter::default(),
             streamed: Counter::default(),
             streams: Gauge::default(),
         };
@@ -126,8 +133,18 @@ impl ApiMetrics {
         );
         r.register(
             "busy",
-            "Requests answered 503 because api.max_in_flight was reached",
+            "Requests answered 503 because api.max_in_flight or api.max_in_flight_body_bytes was reached",
             m.busy.clone(),
+        );
+        r.register(
+            "body_bytes",
+            "Request body bytes being read or processed",
+            m.body_bytes.clone(),
+        );
+        r.register(
+            "streams_refused",
+            "Streams answered 429 because api.max_streams were open",
+            m.streams_refused.clone(),
         );
         r.register(
             "streamed",

@@ -70,6 +70,9 @@ pub fn routes(
         .and(warp::get())
         .and(with_svc)
         .map(|svc: Arc<Service>| {
+            svc.metrics
+                .body_bytes
+                .set(i64::try_from(svc.body_budget.in_use()).unwrap_or(i64::MAX));
             text(
                 svc.metrics.encode(),
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -27,6 +27,11 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Most records in flight to Kafka at once, over all requests; beyond it, 503 + `Retry-After`.
     pub max_in_flight: usize,
+    /// Most open streams; beyond it, 429 + `Retry-After`.
+    pub max_streams: usize,
+    /// Most bytes of request bodies read or processed at once, over all requests; beyond it,
+    /// 503 + `Retry-After`. At least `max_body_bytes`.
+    pub max_in_flight_body_bytes: usize,
     /// Kafka bootstrap servers.
     pub brokers: String,
     /// Topic the records go to.
@@ -54,6 +59,8 @@ impl ApiSettings {
             token: config.api.token.clone(),
             max_body_bytes: config.api.max_body_bytes,
             max_in_flight: config.api.max_in_flight,
+            max_streams: config.api.max_streams,
+            max_in_flight_body_bytes: config.api.max_in_flight_body_bytes,
             brokers: config.kafka.brokers.clone(),
             topic: config.kafka.topic.clone(),
             kafka_properties: config.kafka.properties.clone(),
@@ -76,6 +83,15 @@ impl ApiSettings {
         }
         if self.max_in_flight == 0 {
             p.push("api.max_in_flight must be at least 1 (default 10000)".into());
+        }
+        if self.max_streams == 0 {
+            p.push("api.max_streams must be at least 1 (default 64)".into());
+        }
+        if self.max_in_flight_body_bytes < self.max_body_bytes {
+            p.push(format!(
+                "api.max_in_flight_body_bytes ({}) must be at least api.max_body_bytes ({}), or a body of the largest size could never be taken (default 67108864)",
+                self.max_in_flight_body_bytes, self.max_body_bytes
+            ));
         }
         if self.brokers.trim().is_empty() {
             p.push("kafka.brokers is empty; e.g. 127.0.0.1:9092".into());
@@ -117,6 +133,25 @@ mod tests {
             ..s
         };
         assert!(with_token.validate("0.0.0.0:8080".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn the_resource_bounds_must_be_usable() {
+        let ok = ApiSettings::default();
+        let listen = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(ok.max_streams, 64);
+        assert_eq!(ok.max_in_flight_body_bytes, 64 << 20);
+        let bad = ApiSettings {
+            max_streams: 0,
+            max_in_flight_body_bytes: ok.max_body_bytes - 1,
+            ..ok
+        };
+        let e = bad.validate(listen).unwrap_err();
+        assert!(e.iter().any(|p| p.contains("api.max_streams")), "{e:?}");
+        assert!(
+            e.iter().any(|p| p.contains("api.max_in_flight_body_bytes")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -6,17 +6,22 @@
 //!
 //! | parameter | meaning | default |
 //! |---|---|---|
-//! | `rate` | transactions per second, `0 < rate <= 10000` | 10 |
+//! | `rate` | transactions per second, `0.01 <= rate <= 10000` | 10 |
 //! | `count` | stop after this many, `1..=1000000` | none: until the client leaves |
 //! | `seed` | generator seed; makes the stream reproducible | random (sent back in `X-Carflow-Seed`) |
 //! | `start` | event time of the simulated clock, RFC 3339 | `2026-01-01T00:00:00Z` |
-//! | `mean_per_hour` | simulated transactions per hour of event time | 1000 |
+//! | `mean_per_hour` | simulated transactions per hour of event time, `0.01..=1e9` | 1000 |
 //! | `publish` | also produce each transaction to Kafka (needs the token if one is set) | false |
 //!
 //! With `seed`, `start` or `mean_per_hour` the generator runs on its simulated clock, so the
 //! stream is exactly `Generator::new(GeneratorConfig { seed, clock: Clock::Simulated { start_ms,
 //! mean_per_hour } })` — with the defaults, `GeneratorConfig { seed, ..Default::default() }`.
 //! Without them, `sold_at` is the wall clock (a live feed) and the seed is random.
+//!
+//! Every parameter is checked before the stream starts: a value out of its range (including
+//! `0`, negative, `NaN`, `inf` and absurdly small or large numbers) is a 400 naming the parameter,
+//! never a stream task that fails later. At most `api.max_streams` streams are open at once;
+//! beyond it the answer is 429 with `Retry-After` (see [`crate::limits`]).
 //!
 //! The generator runs in its own task and hands chunks to the response through a bounded
 //! channel: a slow client makes generation wait, nothing piles up. With `publish=true` a
@@ -43,10 +48,19 @@ use warp::reply::Response;
 
 use crate::error::HttpError;
 use crate::kafka::Outgoing;
+use crate::limits::StreamSlot;
 use crate::state::Service;
 
 /// Largest `rate`.
 pub const MAX_RATE: f64 = 10_000.0;
+/// Smallest `rate`: one transaction every 100 s.
+pub const MIN_RATE: f64 = 0.01;
+/// Smallest `mean_per_hour` (the generator's own floor, [`MIN_MEAN_PER_HOUR`]).
+pub const MIN_MEAN_PER_HOUR: f64 = carflow_engine::generator::MIN_MEAN_PER_HOUR;
+/// Largest `mean_per_hour`.
+pub const MAX_MEAN_PER_HOUR: f64 = 1e9;
+/// Seconds a client should wait before opening a stream again when `api.max_streams` are open.
+pub const RETRY_AFTER_STREAMS_SECS: u64 = 5;
 /// Largest `count`.
 pub const MAX_COUNT: u64 = 1_000_000;
 /// Default `rate`.
@@ -110,12 +124,12 @@ impl StreamParams {
         let rate = match get("rate") {
             None => DEFAULT_RATE,
             Some(v) => match v.parse::<f64>() {
-                Ok(r) if r.is_finite() && r > 0.0 && r <= MAX_RATE => r,
+                Ok(r) if (MIN_RATE..=MAX_RATE).contains(&r) => r,
                 _ => {
                     return Err(HttpError::bad_param(
                         "rate",
                         format!(
-                            "rate `{v}` must be a number of transactions per second, above 0 and at most {MAX_RATE}"
+                            "rate `{v}` must be a number of transactions per second from {MIN_RATE} to {MAX_RATE}"
                         ),
                     ));
                 }
@@ -158,11 +172,13 @@ impl StreamParams {
         let mean_per_hour = match get("mean_per_hour") {
             None => None,
             Some(v) => match v.parse::<f64>() {
-                Ok(m) if m.is_finite() && m > 0.0 => Some(m),
+                Ok(m) if (MIN_MEAN_PER_HOUR..=MAX_MEAN_PER_HOUR).contains(&m) => Some(m),
                 _ => {
                     return Err(HttpError::bad_param(
                         "mean_per_hour",
-                        format!("mean_per_hour `{v}` must be a positive number"),
+                        format!(
+                            "mean_per_hour `{v}` must be a number of transactions per hour from {MIN_MEAN_PER_HOUR} to {MAX_MEAN_PER_HOUR:e}"
+                        ),
                     ));
                 }
             },
@@ -219,11 +235,23 @@ pub fn get_stream(
     {
         return e.into_response();
     }
+    let Some(slot) = svc.streams.try_take() else {
+        svc.metrics.streams_refused.inc();
+        let max = svc.streams.max();
+        return HttpError::too_many_requests(
+            format!(
+                "too many open streams (api.max_streams = {max}); close one or retry after {RETRY_AFTER_STREAMS_SECS}s"
+            ),
+            RETRY_AFTER_STREAMS_SECS,
+        )
+        .with_detail(serde_json::json!({ "max_streams": max }))
+        .into_response();
+    };
     let format = StreamFormat::from_accept(accept.as_deref());
     let seed = params.generator.seed;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     tracing::debug!(seed, rate = params.rate, count = ?params.count, publish = params.publish, ?format, "stream opened");
-    tokio::spawn(generate(svc, params, format, tx));
+    tokio::spawn(generate(svc, params, format, tx, slot));
     let mut r = warp::reply::Reply::into_response(warp::reply::stream(ChunkStream { rx }));
     let h = r.headers_mut();
     h.insert(
@@ -252,12 +280,16 @@ impl Stream for ChunkStream {
     }
 }
 
-/// Decrements the open-streams gauge when the generator task ends, however it ends.
-struct StreamGuard(Arc<Service>);
+/// Decrements the open-streams gauge and gives the stream slot back when the generator task
+/// ends, however it ends.
+struct StreamGuard {
+    svc: Arc<Service>,
+    _slot: StreamSlot,
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.metrics.streams.dec();
+        self.svc.metrics.streams.dec();
     }
 }
 
@@ -267,9 +299,18 @@ async fn generate(
     params: StreamParams,
     format: StreamFormat,
     tx: mpsc::Sender<Bytes>,
+    slot: StreamSlot,
 ) {
     svc.metrics.streams.inc();
-    let guard = StreamGuard(Arc::clone(&svc));
+    let guard = StreamGuard {
+        svc: Arc::clone(&svc),
+        _slot: slot,
+    };
+    // Time for `n` transactions at the rate; saturates instead of panicking (the rate is checked
+    // to be at least MIN_RATE, so this is belt and braces).
+    let period = |n: u64| {
+        Duration::try_from_secs_f64(n as f64 / params.rate).unwrap_or(Duration::from_secs(86_400))
+    };
     let mut generator = Generator::new(params.generator);
     let mut started = Instant::now();
     let mut sent = 0u64;
@@ -280,12 +321,15 @@ async fn generate(
         let due_total = (elapsed * params.rate).floor() as u64 + 1;
         if due_total.saturating_sub(sent) as f64 > params.rate.max(CHUNK as f64) {
             // The client fell behind by more than a second: do not burst to catch up.
-            started = Instant::now() - Duration::from_secs_f64(sent as f64 / params.rate);
+            let now = Instant::now();
+            started = now.checked_sub(period(sent)).unwrap_or(now);
         }
         let due = due_total.saturating_sub(sent).min(CHUNK).min(limit - sent);
         if due == 0 {
-            let next = started + Duration::from_secs_f64(sent as f64 / params.rate);
-            let wake = next.min(last_write + KEEP_ALIVE);
+            let keep_alive = last_write + KEEP_ALIVE;
+            let wake = started
+                .checked_add(period(sent))
+                .map_or(keep_alive, |next| next.min(keep_alive));
             tokio::select! {
                 _ = svc.shutdown.cancelled() => break,
                 _ = tx.closed() => break,
@@ -451,6 +495,64 @@ mod tests {
             let e = StreamParams::parse(&q(&[(k, v)])).unwrap_err();
             assert_eq!(e.status, 400);
             assert_eq!(e.detail["parameter"], k, "{k}={v}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn absurd_numbers_are_400_naming_the_parameter() {
+        for (k, v) in [
+            ("rate", "1e-30"),
+            ("rate", "0.009"),
+            ("rate", "-1"),
+            ("rate", "-0"),
+            ("rate", "NaN"),
+            ("rate", "nan"),
+            ("rate", "inf"),
+            ("rate", "-inf"),
+            ("rate", "infinity"),
+            ("rate", "1e308"),
+            ("rate", "1e309"),
+            ("rate", "4.9e-324"),
+            ("rate", ""),
+            ("rate", "0x10"),
+            ("count", "-1"),
+            ("count", "1e3"),
+            ("count", "18446744073709551616"),
+            ("count", "NaN"),
+            ("seed", "18446744073709551616"),
+            ("seed", "1.5"),
+            ("start", "10000-01-01T00:00:00Z"),
+            ("start", ""),
+            ("mean_per_hour", "0"),
+            ("mean_per_hour", "1e-30"),
+            ("mean_per_hour", "NaN"),
+            ("mean_per_hour", "inf"),
+            ("mean_per_hour", "1e300"),
+            ("mean_per_hour", "-5"),
+            ("publish", ""),
+        ] {
+            let e = StreamParams::parse(&q(&[(k, v)])).unwrap_err();
+            assert_eq!(e.status, 400, "{k}={v}");
+            assert_eq!(e.detail["parameter"], k, "{k}={v}: {e:?}");
+            assert!(e.error.contains(k), "{k}={v}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn the_ends_of_every_range_are_accepted() {
+        for (k, v) in [
+            ("rate", "0.01"),
+            ("rate", "10000"),
+            ("count", "1"),
+            ("count", "1000000"),
+            ("seed", "0"),
+            ("seed", "18446744073709551615"),
+            ("start", "0000-01-01T00:00:00Z"),
+            ("start", "9999-12-31T23:59:59.999Z"),
+            ("mean_per_hour", "0.01"),
+            ("mean_per_hour", "1e9"),
+        ] {
+            assert!(StreamParams::parse(&q(&[(k, v)])).is_ok(), "{k}={v}");
         }
     }
 

@@ -356,6 +356,12 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most records in flight to Kafka before intake answers 503. Default 10000.
     pub max_in_flight: usize,
+    /// Most open `GET /api/stream_car_transactions` streams; beyond it 429 + `Retry-After`.
+    /// Default 64.
+    pub max_streams: usize,
+    /// Most bytes of `POST /api/logs` bodies read or processed at once, over all requests; beyond
+    /// it 503 + `Retry-After`. At least `max_body_bytes`. Default 67108864 (64 MiB).
+    pub max_in_flight_body_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -365,6 +371,8 @@ impl Default for ApiConfig {
             token: Secret::default(),
             max_body_bytes: 8 << 20,
             max_in_flight: 10_000,
+            max_streams: 64,
+            max_in_flight_body_bytes: 64 << 20,
         }
     }
 }
@@ -607,6 +615,18 @@ impl Config {
                 "api.token",
                 format!(
                     "is required when api.listen ({addr}) is not a loopback address; set CARFLOW_API_TOKEN"
+                ),
+            );
+        }
+        if self.api.max_streams == 0 {
+            bad("api.max_streams", "must be at least 1 (default 64)".into());
+        }
+        if self.api.max_in_flight_body_bytes < self.api.max_body_bytes {
+            bad(
+                "api.max_in_flight_body_bytes",
+                format!(
+                    "must be at least api.max_body_bytes ({}) (default 67108864)",
+                    self.api.max_body_bytes
                 ),
             );
         }
