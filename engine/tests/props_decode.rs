@@ -387,7 +387,7 @@ fn message_case() -> impl Strategy<Value = Case> {
                 cut -= 1;
             }
             Case {
-                payload: Some(text[..cut].as_bytes().to_vec()),
+                payload: Some(text.as_bytes()[..cut].to_vec()),
                 kind: Kind::Dead("malformed JSON"),
             }
         })
