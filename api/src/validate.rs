@@ -5,6 +5,8 @@
 //! the very function the engine decodes Kafka messages with, so a record the intake accepts is a
 //! record the engine turns into a row, and a rejected line carries the reason the engine would
 //! have written to its dead letters. The key of an accepted record is its `dealer_id` as decoded.
+//! A line the engine decodes is also checked to be JSON (the engine's reader does not check the
+//! commas of an object), so malformed JSON never reaches Kafka.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -116,7 +118,7 @@ pub fn validate(
             format!("internal: cannot validate the records: {e}"),
         )
     })?;
-    let rejected: Vec<LineError> = decoded
+    let mut rejected: Vec<LineError> = decoded
         .dead_letters
         .into_iter()
         .map(|d| LineError {
@@ -125,13 +127,26 @@ pub fn validate(
         })
         .collect();
     let keys = keys_by_line(&decoded.rows)?;
-    let records = lines
-        .into_iter()
-        .filter_map(|(line, span)| {
-            let key = keys.get(&line)?.clone();
-            Some(Record { line, span, key })
-        })
-        .collect();
+    let mut records = Vec::with_capacity(keys.len());
+    for (line, span) in lines {
+        let Some(key) = keys.get(&line) else { continue };
+        // The engine's JSON reader does not check the commas of an object (`{"a":1,,"b":2}`,
+        // a trailing or a missing comma decode as a row): keep such text out of Kafka, where
+        // other consumers would fail on it.
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body[span.clone()]) {
+            rejected.push(LineError {
+                line,
+                reason: format!("malformed JSON: {e}"),
+            });
+            continue;
+        }
+        records.push(Record {
+            line,
+            span,
+            key: key.clone(),
+        });
+    }
+    rejected.sort_by_key(|r| r.line);
     Ok(Validated { records, rejected })
 }
 

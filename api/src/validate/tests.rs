@@ -90,3 +90,25 @@ fn oversize_records_are_rejected_like_the_engine_does() {
         v.rejected
     );
 }
+
+#[test]
+fn commas_the_engine_reader_lets_through_are_rejected() {
+    // Found by the property test (api/tests/props_validate.rs): the engine's JSON reader decoded
+    // these as rows, and the intake sent them to Kafka.
+    let g = good(2);
+    let bad = [
+        g[0].replacen(",\"currency\"", ",,\"currency\"", 1),
+        format!("{},}}", &g[0][..g[0].len() - 1]),
+        format!("{{,{}", &g[0][1..]),
+        g[0].replacen(",\"currency\"", " \"currency\"", 1),
+    ];
+    let body = format!("{}\n{}\n{}\n{}\n{}\n", bad[0], bad[1], g[1], bad[2], bad[3]);
+    let v = validate(&Bytes::from(body), BodyFormat::Ndjson, 1 << 20).unwrap();
+    let lines: Vec<usize> = v.records.iter().map(|r| r.line).collect();
+    assert_eq!(lines, [3]);
+    let rejected: Vec<usize> = v.rejected.iter().map(|r| r.line).collect();
+    assert_eq!(rejected, [1, 2, 4, 5], "{:?}", v.rejected);
+    for r in &v.rejected {
+        assert!(r.reason.starts_with("malformed JSON"), "{r:?}");
+    }
+}
