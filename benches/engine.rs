@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use carflow_engine::batcher::decode_batch;
 use carflow_engine::config::Config;
+use carflow_engine::line_protocol::{PointMapping, encode_batch};
 use carflow_engine::metrics::{Health, Metrics};
 use carflow_engine::pipeline::Pipeline;
 use carflow_engine::sink::lake::encode_parquet;
-use carflow_engine::sink::line_protocol::{PointMapping, encode_batch};
 use carflow_engine::source::Message;
 use carflow_engine::source::memory::MemorySource;
-use carflow_engine::transform::{Planner, Target, TransformSet};
+use carflow_engine::transform::{OpenGate, Planner, Target, TransformSet};
 use common::messages;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::array::RecordBatch;
@@ -70,16 +70,16 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-/// A runtime and a planner holding one batch of `ROWS` decoded transactions (as the batch and as
-/// the window rows), with every file of `queries/` planned.
+/// A runtime and a planner holding one batch of `ROWS` decoded transactions, with every file of
+/// `queries/` planned.
 fn planned() -> (tokio::runtime::Runtime, Planner, TransformSet) {
     let rt = runtime();
     let rows = decode_batch(&messages(ROWS), 1 << 20).unwrap().rows;
     let planner = Planner::new().unwrap();
     let mut set = TransformSet::default();
-    rt.block_on(set.reload(&planner, &queries())).unwrap();
+    rt.block_on(set.reload(&planner, &queries(), &mut OpenGate))
+        .unwrap();
     planner.batch.set(vec![rows.clone()]);
-    planner.windows.set(vec![rows.clone()]);
     (rt, planner, set)
 }
 
@@ -89,7 +89,7 @@ fn transforms(c: &mut Criterion) {
     g.throughput(Throughput::Elements(ROWS as u64));
     g.sample_size(20);
     for t in set.iter() {
-        let ctx = planner.context_for(t);
+        let ctx = &planner.batch_ctx;
         g.bench_with_input(BenchmarkId::new("query", &t.name), t, |b, t| {
             b.iter(|| rt.block_on(t.execute(ctx)).unwrap())
         });
@@ -101,8 +101,7 @@ fn encode(c: &mut Criterion) {
     let (rt, planner, set) = planned();
     let lake_rows: Vec<RecordBatch> = {
         let cars = set.iter().find(|t| t.name == "cars").unwrap();
-        rt.block_on(cars.execute(planner.context_for(cars)))
-            .unwrap()
+        rt.block_on(cars.execute(&planner.batch_ctx)).unwrap()
     };
     let batch =
         datafusion::arrow::compute::concat_batches(&lake_rows[0].schema(), &lake_rows).unwrap();
@@ -115,9 +114,7 @@ fn encode(c: &mut Criterion) {
         b.iter(|| encode_parquet(&batch, &snappy).unwrap())
     });
     let by_brand = set.iter().find(|t| t.name == "sales_by_model").unwrap();
-    let points = rt
-        .block_on(by_brand.execute(planner.context_for(by_brand)))
-        .unwrap();
+    let points = rt.block_on(by_brand.execute(&planner.batch_ctx)).unwrap();
     let n: usize = points.iter().map(RecordBatch::num_rows).sum();
     let Target::Influx {
         mapping,

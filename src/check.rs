@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use carflow_engine::config::{Config, SourceKind};
-use carflow_engine::transform::{Planner, Target, TransformSet};
+use carflow_engine::transform::{OpenGate, Planner, Target, TransformSet};
 
 use crate::cli::{CheckArgs, Global};
 
@@ -37,7 +37,7 @@ pub async fn run(global: &Global, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let dir = args.queries.unwrap_or(config.queries.dir.clone());
     let planner = Planner::new()?;
     let mut set = TransformSet::default();
-    let report = match set.reload(&planner, &dir).await {
+    let report = match set.reload(&planner, &dir, &mut OpenGate).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
@@ -53,7 +53,7 @@ pub async fn run(global: &Global, args: CheckArgs) -> anyhow::Result<ExitCode> {
                 format!(" PARTITION ({})", partition_by.join(", "))
             }
             Target::Influx {
-                windowing: carflow_engine::transform::window::Windowing::Windowed(w),
+                windowing: carflow_engine::windows::Windowing::Windowed(w),
                 ..
             } => {
                 format!(

@@ -153,16 +153,77 @@ pub async fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         summary.points,
         c.influx.file.display()
     );
-    println!("  dead letters       {}", summary.dead_letters);
-    println!("  late rows          {}", summary.late_rows);
-    println!("\nNext:");
-    println!("  carflow sql -c \"SELECT count(*) FROM cars\"");
     println!(
-        "  carflow sql -c \"SELECT brand, count(*) AS sales, avg(price) AS avg_price FROM cars GROUP BY brand ORDER BY sales DESC\""
+        "  dead letters       {} ({} undecodable, {} refused by a transform)",
+        summary.dead_letters,
+        summary.undecodable,
+        summary.dead_letters - summary.undecodable
     );
+    println!("  late rows          {}", summary.late_rows);
+    // The numbers must add up: every generated transaction is a row or a dead letter, and every
+    // lake dataset that ran from the start took every row (or dead-lettered it).
+    let mut problems = summary.discrepancies(pipeline.datasets_from_start());
+    if generated != summary.records_in {
+        problems.push(format!(
+            "generated {generated} ≠ processed {}",
+            summary.records_in
+        ));
+    }
+    let me = invocation();
+    println!("\nNext:");
+    println!("  {me} sql -c \"SELECT count(*) FROM cars\"");
+    println!(
+        "  {me} sql -c \"SELECT brand, count(*) AS sales, avg(price) AS avg_price FROM cars GROUP BY brand ORDER BY sales DESC\""
+    );
+    println!("  {me} sql -c \"SELECT reason, count(*) FROM dead_letters GROUP BY reason\"");
     println!("  head {}", c.influx.file.display());
-    println!("  carflow sql          (interactive)");
+    println!("  {me} sql          (interactive)");
+    if !problems.is_empty() {
+        eprintln!("\nerror: the numbers do not add up:");
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+        return Ok(ExitCode::from(3));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How to run this binary again from here: `cargo run --` under cargo, `carflow` when it is on
+/// the PATH, else its path.
+fn invocation() -> String {
+    let exe = std::env::current_exe().ok();
+    if std::env::var_os("CARGO").is_some() {
+        let release = exe
+            .as_ref()
+            .is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
+        return if release {
+            "cargo run --release --".into()
+        } else {
+            "cargo run --".into()
+        };
+    }
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| {
+            let candidate = d.join("carflow");
+            exe.as_ref().is_some_and(|e| {
+                std::fs::canonicalize(&candidate).ok() == std::fs::canonicalize(e).ok()
+            })
+        })
+    });
+    if on_path {
+        return "carflow".into();
+    }
+    match exe {
+        Some(e) => {
+            let rel = std::env::current_dir().ok().and_then(|cwd| {
+                e.strip_prefix(&cwd)
+                    .ok()
+                    .map(|r| format!("./{}", r.display()))
+            });
+            rel.unwrap_or_else(|| e.display().to_string())
+        }
+        None => "carflow".into(),
+    }
 }
 
 fn progress(duration: Option<Duration>) -> ProgressBar {

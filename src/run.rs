@@ -46,7 +46,8 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
             .await?
             .map_err(anyhow::Error::msg)?;
             tracing::info!(topic = %config.kafka.topic, partitions, group = %config.kafka.group_id, "consuming");
-            let source = KafkaSource::new(&config.kafka)?;
+            let source =
+                KafkaSource::with_error_counter(&config.kafka, metrics.error_counter("source"))?;
             drive(source, &config, &engine_id, metrics, health, &shutdown).await?
         }
         SourceKind::Generator => {

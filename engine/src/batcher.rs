@@ -4,9 +4,18 @@
 //! time has passed since its first message. [`decode_batch`] decodes them with arrow-json against
 //! the declared schema and appends the metadata columns. A message that does not decode (broken
 //! JSON, wrong type, a missing required field, invalid UTF-8, too large, more or less than one JSON
-//! object) becomes a [`DeadLetter`] carrying its reason and origin; the other messages of its batch
-//! go on. The common case (every message good) decodes the whole batch in one pass; only a batch
-//! with bad messages pays for isolating them.
+//! object, an event time outside the accepted range) becomes a [`DeadLetter`] carrying its reason
+//! and origin; the other messages of its batch go on. The common case (every message good)
+//! decodes the whole batch in one pass; only a batch with bad messages pays for isolating them.
+//!
+//! **Event time.** `sold_at` is accepted from [`DecodeRules::min_event_ms`] (default
+//! 2000-01-01T00:00:00Z) to the wall clock plus [`DecodeRules::max_future`] (default 10 minutes),
+//! both settable (`events.min_time`, `events.max_future`). It is an RFC 3339 string (any offset;
+//! a time without an offset is UTC) or a JSON integer of *milliseconds* since the epoch: epoch
+//! seconds land in 1970 and microseconds or nanoseconds far in the future, so both are refused
+//! with a reason that says so, never silently turned into a wrong date. Everything downstream
+//! (windows, the lake's day partitions) can rely on this range: no overflow, no year 2300
+//! closing every window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +29,8 @@ use arrow_json::reader::{Decoder, ReaderBuilder};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::schema::{source_schema, transaction_schema};
-use crate::source::{Message, Source, SourceError};
+use crate::schema::{EVENT_TIME, source_schema, transaction_schema};
+use crate::source::{DeadLetter, Message, Source, SourceError};
 
 /// When a micro-batch closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +47,29 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
+        Self::from_config(&crate::config::BatchConfig::default())
+    }
+}
+
+impl BatchLimits {
+    /// The limits `[batch]` sets.
+    pub fn from_config(c: &crate::config::BatchConfig) -> Self {
         Self {
-            max_rows: 50_000,
-            max_bytes: 32 << 20,
-            linger: Duration::from_millis(1000),
-            max_message_bytes: 1 << 20,
+            max_rows: c.max_rows,
+            max_bytes: c.max_bytes,
+            linger: c.linger.0,
+            max_message_bytes: c.max_message_bytes,
+        }
+    }
+}
+
+impl DecodeRules {
+    /// The rules `[batch]` and `[events]` set.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            max_message_bytes: c.batch.max_message_bytes,
+            min_event_ms: c.events.min_time_ms(),
+            max_future: c.events.max_future.0,
         }
     }
 }
@@ -115,23 +142,6 @@ pub async fn collect_batch<S: Source>(
     }
 }
 
-/// A message that could not become a row, with the reason and where it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    /// Topic of the message.
-    pub topic: Arc<str>,
-    /// Partition of the message.
-    pub partition: i32,
-    /// Offset of the message.
-    pub offset: i64,
-    /// Broker timestamp of the message, if any.
-    pub timestamp_ms: Option<i64>,
-    /// Why it was refused, in words a person can act on.
-    pub reason: String,
-    /// The message as received (possibly truncated to a bounded size by the sink).
-    pub payload: Vec<u8>,
-}
-
 /// The outcome of decoding one micro-batch.
 #[derive(Debug, Clone)]
 pub struct DecodedBatch {
@@ -141,14 +151,55 @@ pub struct DecodedBatch {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-/// Decode `messages` into rows of the `transactions` table and dead letters.
-///
-/// Every message ends up either as a row or as a dead letter. An error is returned only for an
-/// internal failure to assemble the batch, never for bad input.
+/// What a message must satisfy to become a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeRules {
+    /// A message larger than this is a dead letter, never decoded.
+    pub max_message_bytes: usize,
+    /// The earliest accepted event time (ms since the epoch).
+    pub min_event_ms: i64,
+    /// How far past the wall clock an event time may be.
+    pub max_future: Duration,
+}
+
+/// 2000-01-01T00:00:00Z in milliseconds: the default earliest event time.
+pub const DEFAULT_MIN_EVENT_MS: i64 = 946_684_800_000;
+
+/// The default allowance for producer clocks ahead of ours.
+pub const DEFAULT_MAX_FUTURE: Duration = Duration::from_secs(600);
+
+impl DecodeRules {
+    /// The default rules with messages of at most `max_message_bytes`.
+    pub fn with_max_message_bytes(max_message_bytes: usize) -> Self {
+        Self {
+            max_message_bytes,
+            min_event_ms: DEFAULT_MIN_EVENT_MS,
+            max_future: DEFAULT_MAX_FUTURE,
+        }
+    }
+}
+
+/// Decode `messages` into rows of the `transactions` table and dead letters, with the default
+/// event-time range (see [`decode_batch_with`]).
 pub fn decode_batch(
     messages: &[Message],
     max_message_bytes: usize,
 ) -> Result<DecodedBatch, ArrowError> {
+    decode_batch_with(
+        messages,
+        &DecodeRules::with_max_message_bytes(max_message_bytes),
+    )
+}
+
+/// Decode `messages` into rows of the `transactions` table and dead letters.
+///
+/// Every message ends up either as a row or as a dead letter. An error is returned only for an
+/// internal failure to assemble the batch, never for bad input.
+pub fn decode_batch_with(
+    messages: &[Message],
+    rules: &DecodeRules,
+) -> Result<DecodedBatch, ArrowError> {
+    let max_message_bytes = rules.max_message_bytes;
     let mut dead_letters = Vec::new();
     let mut candidates = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
@@ -166,9 +217,73 @@ pub fn decode_batch(
         &mut good,
         &mut dead_letters,
     );
-    dead_letters.sort_by_key(|d| (d.partition, d.offset));
     let rows = assemble(messages, &parts, &good)?;
+    let rows = check_event_times(messages, rows, &good, rules, &mut dead_letters)?;
+    dead_letters.sort_by_key(|d| (d.partition, d.offset));
     Ok(DecodedBatch { rows, dead_letters })
+}
+
+fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms since the epoch"))
+}
+
+/// Move rows whose event time is outside the accepted range to the dead letters.
+fn check_event_times(
+    messages: &[Message],
+    rows: RecordBatch,
+    good: &[usize],
+    rules: &DecodeRules,
+    dead_letters: &mut Vec<DeadLetter>,
+) -> Result<RecordBatch, ArrowError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::TimestampMillisecondType;
+    let Some(col) = rows.column_by_name(EVENT_TIME) else {
+        return Ok(rows);
+    };
+    let times = col.as_primitive::<TimestampMillisecondType>();
+    let now = chrono::Utc::now().timestamp_millis();
+    let max = now.saturating_add(i64::try_from(rules.max_future.as_millis()).unwrap_or(i64::MAX));
+    let mut keep = Vec::with_capacity(rows.num_rows());
+    let mut refused = 0;
+    for i in 0..rows.num_rows() {
+        let ok = if times.is_null(i) {
+            true
+        } else {
+            let t = times.value(i);
+            let reason = if t < rules.min_event_ms {
+                Some(format!(
+                    "sold_at {} is before {} (the earliest accepted event time, events.min_time); \
+                     an epoch number must be in milliseconds, not seconds",
+                    format_ms(t),
+                    format_ms(rules.min_event_ms)
+                ))
+            } else if t > max {
+                Some(format!(
+                    "sold_at {} is more than {}s past the wall clock ({}; events.max_future); \
+                     an epoch number must be in milliseconds, not micro- or nanoseconds",
+                    format_ms(t),
+                    rules.max_future.as_secs(),
+                    format_ms(now)
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                dead_letters.push(DeadLetter::undecodable(&messages[good[i]], reason));
+                refused += 1;
+                false
+            } else {
+                true
+            }
+        };
+        keep.push(ok);
+    }
+    if refused == 0 {
+        return Ok(rows);
+    }
+    arrow::compute::filter_record_batch(&rows, &arrow::array::BooleanArray::from(keep))
 }
 
 fn precheck(m: &Message, max_message_bytes: usize) -> Result<(), String> {
@@ -191,14 +306,7 @@ fn precheck(m: &Message, max_message_bytes: usize) -> Result<(), String> {
 }
 
 fn dead_letter(m: &Message, reason: String) -> DeadLetter {
-    DeadLetter {
-        topic: Arc::clone(&m.topic),
-        partition: m.partition,
-        offset: m.offset,
-        timestamp_ms: m.timestamp_ms,
-        reason,
-        payload: m.payload.clone().unwrap_or_default(),
-    }
+    DeadLetter::undecodable(m, reason)
 }
 
 fn new_decoder(rows: usize) -> Result<Decoder, ArrowError> {

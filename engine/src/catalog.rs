@@ -4,6 +4,11 @@
 //! does not start with `_` or `.`; its Hive partition columns (`dt=…/`) are read from the
 //! directory names, so `SELECT … FROM cars WHERE dt = '2026-01-01'` prunes to one directory.
 //! Partition values are strings, as Hive writes them in paths.
+//!
+//! Before listing, the latest commit of every partition is rolled forward (a writer that died
+//! between its commit point and its renames leaves its files staged; see [`crate::ledger`]), so
+//! readers see exactly the committed data. `dead_letters` is always a table, empty when nothing
+//! went wrong.
 
 use std::sync::Arc;
 
@@ -80,6 +85,10 @@ async fn partition_columns(store: &dyn ObjectStore, dir: &Path) -> Result<Vec<St
 /// Register every dataset of the lake as a table of `ctx` (and the lake's store, for HDFS).
 pub async fn register_lake(ctx: &SessionContext, location: &Location) -> Result<Vec<Dataset>> {
     ctx.register_object_store(&location.store_url, Arc::clone(&location.store));
+    let ledger = crate::ledger::OffsetLedger::new(location.clone(), "reader");
+    if let Err(e) = ledger.roll_forward_all().await {
+        tracing::warn!(error = %e, "cannot finish an interrupted commit; the lake may show less than is committed");
+    }
     let found = datasets(location).await?;
     for d in &found {
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
@@ -109,5 +118,11 @@ pub async fn register_lake(ctx: &SessionContext, location: &Location) -> Result<
         .into_iter()
         .filter(|d| ctx.table_exist(d.name.as_str()).unwrap_or(false))
         .collect();
+    let dead = crate::sink::dead_letter::DATASET;
+    if !ctx.table_exist(dead).unwrap_or(false) {
+        let schema = crate::sink::dead_letter::schema();
+        let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])?;
+        ctx.register_table(dead, Arc::new(empty))?;
+    }
     Ok(registered)
 }

@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::batcher::BatchLimits;
-
 /// A duration written for people: `500ms`, `1s`, `4m`, `1h`, `2d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -118,6 +116,8 @@ pub struct Config {
     pub influx: InfluxConfig,
     /// Event-time windows for Influx aggregates.
     pub windows: WindowsConfig,
+    /// Which event times are accepted.
+    pub events: EventsConfig,
     /// The engine's own HTTP endpoint (`/metrics`, `/health`).
     pub http: HttpConfig,
     /// The HTTP intake service (`carflow api`).
@@ -125,7 +125,7 @@ pub struct Config {
 }
 
 /// `[kafka]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers. Default `127.0.0.1:9092`.
@@ -138,6 +138,49 @@ pub struct KafkaConfig {
     pub start_from: String,
     /// Extra librdkafka properties, e.g. `"fetch.max.bytes" = "52428800"`.
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// Is a librdkafka property a secret (a password, key, token or credential)? Its value is never
+/// logged nor printed.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "sasl.oauthbearer.config",
+        "sasl.jaas",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+        || k.ends_with(".key")
+        || k.contains("key.pem")
+        || k.contains("keystore")
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: std::collections::BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) && !v.is_empty() {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("start_from", &self.start_from)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -196,24 +239,11 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        let d = BatchLimits::default();
         Self {
-            max_rows: d.max_rows,
-            max_bytes: d.max_bytes,
-            linger: HumanDuration(d.linger),
-            max_message_bytes: d.max_message_bytes,
-        }
-    }
-}
-
-impl BatchConfig {
-    /// As batch limits.
-    pub fn limits(&self) -> BatchLimits {
-        BatchLimits {
-            max_rows: self.max_rows,
-            max_bytes: self.max_bytes,
-            linger: self.linger.0,
-            max_message_bytes: self.max_message_bytes,
+            max_rows: 50_000,
+            max_bytes: 32 << 20,
+            linger: HumanDuration(Duration::from_millis(1000)),
+            max_message_bytes: 1 << 20,
         }
     }
 }
@@ -237,6 +267,19 @@ impl Default for QueriesConfig {
     }
 }
 
+/// What to do when the topic's Kafka id differs from the one the lake's ledger recorded (the
+/// topic was deleted and created again, or the engine now reads a mirror on another cluster).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNewTopic {
+    /// Refuse to process the partition and say how to accept the new topic (the default: its
+    /// offsets start again at 0 and would otherwise be skipped as replays, or duplicate rows).
+    #[default]
+    Refuse,
+    /// Start a new ledger for the new topic at its first offset; what the lake holds stays.
+    NewLedger,
+}
+
 /// `[lake]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -244,12 +287,19 @@ pub struct LakeConfig {
     /// Root of the lake: `hdfs://host:port/path`, `file:///abs/path` or a local path.
     /// Default `./data/lake`.
     pub root: String,
+    /// When the topic's id differs from the ledger's: `refuse` or `new-ledger`. Default `refuse`.
+    pub on_new_topic: OnNewTopic,
+    /// How long one storage operation (a commit's files, a ledger read) may take before it is
+    /// counted as failed and retried. Default `20s`.
+    pub timeout: HumanDuration,
 }
 
 impl Default for LakeConfig {
     fn default() -> Self {
         Self {
             root: "./data/lake".into(),
+            on_new_topic: OnNewTopic::Refuse,
+            timeout: HumanDuration(Duration::from_secs(20)),
         }
     }
 }
@@ -285,24 +335,6 @@ impl Default for InfluxConfig {
     }
 }
 
-impl InfluxConfig {
-    /// Where points go: the server when `url` is set, else the file.
-    pub fn target(&self) -> crate::sink::influx::InfluxTarget {
-        use crate::sink::influx::InfluxTarget;
-        if self.url.is_empty() {
-            InfluxTarget::File(self.file.clone())
-        } else {
-            InfluxTarget::Http {
-                url: self.url.clone(),
-                org: self.org.clone(),
-                bucket: self.bucket.clone(),
-                token: self.token.0.clone(),
-                timeout: self.timeout.0,
-            }
-        }
-    }
-}
-
 /// `[windows]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -313,8 +345,8 @@ pub struct WindowsConfig {
     pub allowed_lateness: HumanDuration,
     /// A partition without messages for this long no longer holds windows open. Default `30s`.
     pub idle_timeout: HumanDuration,
-    /// At most this many rows are kept for open windows; beyond it the oldest windows close
-    /// early (counted). Default 2000000.
+    /// At most this many partial-aggregate state rows (windows × groups × partitions) are kept
+    /// for open windows; beyond it the oldest windows close early (counted). Default 2000000.
     pub max_rows: usize,
 }
 
@@ -325,6 +357,37 @@ impl Default for WindowsConfig {
             idle_timeout: HumanDuration(Duration::from_secs(30)),
             max_rows: 2_000_000,
         }
+    }
+}
+
+/// `[events]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// The earliest accepted `sold_at` (RFC 3339); earlier ones are dead letters.
+    /// Default `2000-01-01T00:00:00Z`.
+    pub min_time: String,
+    /// How far past the wall clock a `sold_at` may be (producer clocks ahead of ours); later
+    /// ones are dead letters. Default `10m`.
+    pub max_future: HumanDuration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            min_time: "2000-01-01T00:00:00Z".into(),
+            max_future: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The earliest accepted event time in milliseconds (the default when `min_time` does not
+    /// parse; [`Config::validate`] reports that).
+    pub fn min_time_ms(&self) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(&self.min_time)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(946_684_800_000)
     }
 }
 
@@ -593,6 +656,18 @@ impl Config {
                 "must be at most 1d (default 4m)".into(),
             );
         }
+        if chrono::DateTime::parse_from_rfc3339(&self.events.min_time).is_err() {
+            bad(
+                "events.min_time",
+                format!(
+                    "`{}` is not RFC 3339; e.g. 2000-01-01T00:00:00Z",
+                    self.events.min_time
+                ),
+            );
+        }
+        if self.lake.timeout.0 < Duration::from_secs(1) {
+            bad("lake.timeout", "must be at least 1s (default 20s)".into());
+        }
         if self.windows.max_rows == 0 {
             bad(
                 "windows.max_rows",
@@ -643,6 +718,11 @@ impl Config {
         for s in [&mut c.influx.token, &mut c.api.token] {
             if !s.0.is_empty() {
                 s.0 = "***".into();
+            }
+        }
+        for (k, v) in c.kafka.properties.iter_mut() {
+            if is_secret_property(k) && !v.is_empty() {
+                *v = "***".into();
             }
         }
         toml::to_string_pretty(&c).unwrap_or_default()

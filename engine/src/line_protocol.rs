@@ -1,12 +1,27 @@
-//! InfluxDB line protocol: a pure encoder from Arrow rows to points.
+//! InfluxDB line protocol: a pure encoder from Arrow rows to points, and the mapping of a query's
+//! columns to a point's parts. Both the transforms (which check a query's mapping when it is
+//! loaded) and the Influx sink use it; it depends on neither.
 //!
 //! The mapping is fixed and checked when a query is loaded ([`PointMapping::from_schema`]): the
 //! column named `time` is the point's timestamp (written in milliseconds); string columns are tags;
 //! integer, float, decimal and boolean columns are fields. Anything else is refused with the
-//! column's name and what to do instead. Escaping follows the line-protocol reference: commas,
-//! spaces and equals signs in measurement names, tag keys, tag values and field keys are escaped
-//! with a backslash; a backslash that would otherwise escape one of them is doubled. Null tags and
-//! fields are left out of their point; a row whose fields are all null produces no point.
+//! column's name and what to do instead.
+//!
+//! Escaping follows what InfluxDB 1.8's parser does (checked against the real server): in
+//! measurement names, tag keys, tag values and field keys, a comma, an equals sign (not in
+//! measurements) and a space are escaped with a backslash; any other backslash is taken literally.
+//!
+//! **Values InfluxDB cannot hold as they are** are rewritten by one rule, and counted
+//! ([`Encoded::rewritten`]):
+//! - an empty tag value (InfluxDB refuses `k=`) becomes [`EMPTY_TAG`] (`(empty)`);
+//! - every control character (a newline would end the line; InfluxDB cannot store one in a tag)
+//!   becomes U+FFFD `�`, in tag values, tag keys, field keys and measurement names;
+//! - a trailing backslash (which InfluxDB would read as escaping the separator after it) becomes
+//!   U+FFFD too.
+//!
+//! A null tag is left out of its point (InfluxDB's own way to say "no value"); null fields are
+//! left out; a float that is NaN or infinite, or an unsigned integer beyond `i64`, is left out
+//! (InfluxDB cannot store it); a row whose fields are all left out produces no point.
 
 use std::fmt::Write as _;
 
@@ -119,37 +134,57 @@ impl PointMapping {
     }
 }
 
-/// Escape a measurement name: commas and spaces.
+/// The tag value written for an empty string.
+pub const EMPTY_TAG: &str = "(empty)";
+
+/// The character written for one InfluxDB cannot hold.
+const REPLACEMENT: char = '\u{fffd}';
+
+/// Escape a measurement name: commas and spaces (see the module docs for rewritten characters).
 pub fn escape_measurement(s: &str) -> String {
-    escape(s, &[',', ' '])
+    escape(s, &[',', ' ']).0
 }
 
-/// Escape a tag key, tag value or field key: commas, equals signs and spaces.
+/// Escape a tag key, tag value or field key: commas, equals signs and spaces (see the module docs
+/// for rewritten characters).
 pub fn escape_key(s: &str) -> String {
+    escape(s, &[',', '=', ' ']).0
+}
+
+/// A tag value as written: [`EMPTY_TAG`] for an empty string, then escaped; and whether the rule
+/// rewrote it.
+pub fn tag_value(s: &str) -> (String, bool) {
+    if s.is_empty() {
+        return (EMPTY_TAG.to_string(), true);
+    }
     escape(s, &[',', '=', ' '])
 }
 
-fn escape(s: &str, special: &[char]) -> String {
+/// Escape `s` for a line-protocol section whose separators are `special`; true when a character
+/// had to be rewritten (control characters, a trailing backslash).
+fn escape(s: &str, special: &[char]) -> (String, bool) {
+    debug_assert!(!special.is_empty());
     let mut out = String::with_capacity(s.len() + 2);
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut rewritten = false;
+    for c in s.chars() {
         if special.contains(&c) {
             out.push('\\');
             out.push(c);
-        } else if c == '\n' {
-            out.push_str("\\n");
-        } else if c == '\\' {
-            // A backslash before a special character or at the end would escape what follows.
-            let next = chars.peek();
-            out.push('\\');
-            if next.is_none_or(|n| special.contains(n)) {
-                out.push('\\');
-            }
+        } else if c.is_control() {
+            out.push(REPLACEMENT);
+            rewritten = true;
         } else {
             out.push(c);
         }
     }
-    out
+    if out.ends_with('\\') {
+        // An escaping backslash is always followed by its character, so a trailing one is
+        // literal, and InfluxDB would read it as escaping the separator that follows.
+        out.pop();
+        out.push(REPLACEMENT);
+        rewritten = true;
+    }
+    (out, rewritten)
 }
 
 /// Escape a string field value: double quotes and backslashes.
@@ -165,11 +200,13 @@ pub fn escape_string_field(s: &str) -> String {
 }
 
 /// Split a line-protocol section on `sep` the way InfluxDB's scanner does: a backslash makes the
-/// next character literal. The parts keep their escapes; [`unescape_key`] removes them.
+/// next character literal when that character is a comma, an equals sign or a space; any other
+/// backslash is itself literal. The parts keep their escapes; [`unescape_key`] removes them.
 pub fn split_escaped(s: &str, sep: char) -> Vec<String> {
-    let (mut parts, mut cur, mut chars) = (Vec::new(), String::new(), s.chars());
+    let (mut parts, mut cur) = (Vec::new(), String::new());
+    let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '\\' {
+        if c == '\\' && chars.peek().is_some_and(|n| matches!(n, ',' | '=' | ' ')) {
             cur.push(c);
             if let Some(n) = chars.next() {
                 cur.push(n);
@@ -282,21 +319,40 @@ fn float(out: &mut String, v: f64) -> bool {
     true
 }
 
-/// Encode every row of `batch` as a point of `measurement`, appending lines to `out`.
-///
-/// Returns how many points were written. Rows with a null `time` or only null fields are skipped.
+/// What encoding a batch produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Encoded {
+    /// Points written.
+    pub points: usize,
+    /// Tag values the rule for values InfluxDB cannot hold rewrote.
+    pub rewritten: usize,
+}
+
+/// Encode every row of `batch` as a point of `measurement`, appending lines to `out`; returns how
+/// many points were written. Rows with a null `time` or only null fields are skipped.
 pub fn encode_batch(
     measurement: &str,
     mapping: &PointMapping,
     batch: &RecordBatch,
     out: &mut String,
 ) -> usize {
+    encode_batch_counted(measurement, mapping, batch, out).points
+}
+
+/// [`encode_batch`], also counting the tag values that had to be rewritten.
+pub fn encode_batch_counted(
+    measurement: &str,
+    mapping: &PointMapping,
+    batch: &RecordBatch,
+    out: &mut String,
+) -> Encoded {
     let measurement = escape_measurement(measurement);
     let time = batch.column(mapping.time);
-    let mut points = 0;
+    let mut done = Encoded::default();
     for i in 0..batch.num_rows() {
         let Some(ts) = time_ms(time, i) else { continue };
         let line_start = out.len();
+        let mut rewritten = 0;
         out.push_str(&measurement);
         for (c, key) in &mapping.tags {
             let col = batch.column(*c);
@@ -306,13 +362,12 @@ pub fn encode_batch(
             let Ok(value) = array_value_to_string(col, i) else {
                 continue;
             };
-            if value.is_empty() {
-                continue;
-            }
+            let (value, changed) = tag_value(&value);
+            rewritten += usize::from(changed);
             out.push(',');
             out.push_str(key);
             out.push('=');
-            out.push_str(&escape_key(&value));
+            out.push_str(&value);
         }
         let mut sep = ' ';
         for (c, key) in &mapping.fields {
@@ -329,9 +384,10 @@ pub fn encode_batch(
             continue;
         }
         let _ = writeln!(out, " {ts}");
-        points += 1;
+        done.points += 1;
+        done.rewritten += rewritten;
     }
-    points
+    done
 }
 
 #[cfg(test)]

@@ -55,14 +55,22 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     /// Messages behind the end of the assigned partitions.
     pub consumer_lag: Gauge,
-    /// Rows held for open windows.
+    /// Partial-aggregate state rows held for open windows (windows × groups × partitions).
     pub window_rows: Gauge,
     /// Windows closed early because `windows.max_rows` was reached.
     pub windows_closed_early: Counter,
     /// Failed sink or source attempts (each retry counts).
     pub errors: Family<SinkKind, Counter>,
-    /// Influx points InfluxDB refused as bad data.
+    /// Influx write requests InfluxDB refused (in part or in whole) as bad data.
     pub influx_rejected: Counter,
+    /// Influx points InfluxDB refused as bad data (the others of their request were written).
+    pub influx_rejected_points: Counter,
+    /// Tag values rewritten because InfluxDB cannot hold them (empty, control characters).
+    pub tag_rewrites: Counter,
+    /// Rows a transform could not process, sent to dead letters naming it.
+    pub transform_dead_letters: Counter,
+    /// Rows whose window had been closed by another partition when the point was due.
+    pub rows_after_close: Counter,
     /// Query files refused (at start or reload).
     pub query_errors: Counter,
     /// Transforms running.
@@ -93,6 +101,10 @@ impl Metrics {
             windows_closed_early: Counter::default(),
             errors: Family::default(),
             influx_rejected: Counter::default(),
+            influx_rejected_points: Counter::default(),
+            tag_rewrites: Counter::default(),
+            transform_dead_letters: Counter::default(),
+            rows_after_close: Counter::default(),
             query_errors: Counter::default(),
             transforms: Gauge::default(),
             registry: Registry::default(),
@@ -140,7 +152,7 @@ impl Metrics {
         );
         registry.register(
             "window_rows",
-            "Rows held for open event-time windows",
+            "Partial-aggregate state rows held for open event-time windows (windows x groups x partitions)",
             m.window_rows.clone(),
         );
         registry.register(
@@ -159,12 +171,39 @@ impl Metrics {
             m.influx_rejected.clone(),
         );
         registry.register(
+            "influx_rejected_points",
+            "Influx points refused by the server as bad data (the rest of their request was written)",
+            m.influx_rejected_points.clone(),
+        );
+        registry.register(
+            "tag_rewrites",
+            "Tag values rewritten because InfluxDB cannot hold them (empty, control characters, a trailing backslash)",
+            m.tag_rewrites.clone(),
+        );
+        registry.register(
+            "transform_dead_letters",
+            "Rows a transform could not process, sent to dead letters naming the transform",
+            m.transform_dead_letters.clone(),
+        );
+        registry.register(
+            "rows_after_close",
+            "Rows applied to a window another engine had closed already (not in its point)",
+            m.rows_after_close.clone(),
+        );
+        registry.register(
             "query_errors",
             "Query files refused at start or reload",
             m.query_errors.clone(),
         );
         registry.register("transforms", "Transforms running", m.transforms.clone());
         Self { registry, ..m }
+    }
+
+    /// The counter of failed attempts of `sink` (to hand to a component that counts by itself).
+    pub fn error_counter(&self, sink: &str) -> Counter {
+        self.errors
+            .get_or_create(&SinkKind { sink: sink.into() })
+            .clone()
     }
 
     /// Count a failed attempt of `sink`.
@@ -196,7 +235,7 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct Health {
     last_commit_ms: AtomicI64,
-    problem: Mutex<Option<String>>,
+    problems: Mutex<std::collections::BTreeMap<String, String>>,
     processed: Mutex<std::collections::BTreeMap<String, i64>>,
     owned: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -206,7 +245,6 @@ impl Health {
     pub fn committed(&self) {
         self.last_commit_ms
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
-        self.set_problem(None);
     }
 
     /// Every sink holds the records of `topic/partition` below `next_offset`.
@@ -215,7 +253,7 @@ impl Health {
         p.insert(format!("{topic}/{partition}"), next_offset);
     }
 
-    /// A partition is owned now; everything below `committed` (its committed offset) is durable.
+    /// A partition is owned now; everything below `committed` is durable.
     pub fn own(&self, topic: &str, partition: i32, committed: Option<i64>) {
         let key = format!("{topic}/{partition}");
         self.owned
@@ -243,18 +281,39 @@ impl Health {
             .remove(&key);
     }
 
-    /// Something is wrong (a sink down); `None` clears it.
+    /// Something is wrong with `component` (`lake`, `influx`, `source`, `transform`); `None`
+    /// clears it.
+    pub fn set(&self, component: &str, problem: Option<String>) {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        match problem {
+            Some(m) => {
+                p.insert(component.to_string(), m);
+            }
+            None => {
+                p.remove(component);
+            }
+        }
+    }
+
+    /// Something is wrong with the Influx sink (kept for callers of the older API).
     pub fn set_problem(&self, p: Option<String>) {
-        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        self.set("influx", p);
     }
 
     /// The health document and whether it is healthy.
     pub fn report(&self) -> (bool, serde_json::Value) {
-        let problem = self
-            .problem
+        let problems = self
+            .problems
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let problem = (!problems.is_empty()).then(|| {
+            problems
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
         let last = self.last_commit_ms.load(Ordering::Relaxed);
         let processed = self
             .processed
@@ -265,6 +324,7 @@ impl Health {
         let doc = serde_json::json!({
             "status": if problem.is_none() { "ok" } else { "degraded" },
             "problem": problem,
+            "problems": problems,
             "last_commit_ms": if last == 0 { None } else { Some(last) },
             "processed": processed,
             "owned": owned,

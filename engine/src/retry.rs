@@ -50,26 +50,63 @@ pub async fn retry<T, E, F, Fut>(
     what: &str,
     backoff: &Backoff,
     shutdown: &CancellationToken,
-    mut op: F,
+    op: F,
 ) -> Result<T, RetryError<E>>
 where
     E: Transient + std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    retry_reporting(what, backoff, shutdown, |_: &E| {}, op).await
+}
+
+/// How long an attempt in progress may still run once shutdown was requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// [`retry`], calling `report` with every failed attempt (to count it and show it in `/health`).
+///
+/// Every call gets its attempts even during shutdown so a batch in flight can finish, but an
+/// attempt still running [`SHUTDOWN_GRACE`] after shutdown was requested is abandoned (the
+/// callers' operations are safe to abandon: nothing becomes visible before a commit point).
+pub async fn retry_reporting<T, E, F, Fut, R>(
+    what: &str,
+    backoff: &Backoff,
+    shutdown: &CancellationToken,
+    mut report: R,
+    mut op: F,
+) -> Result<T, RetryError<E>>
+where
+    E: Transient + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: FnMut(&E),
+{
     let mut wait = backoff.initial;
     let mut attempt = 1u32;
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::pin!(grace);
     loop {
-        // Every call gets one attempt even during shutdown, so a batch in flight can finish.
-        let e = match op().await {
+        let outcome = tokio::select! {
+            r = op() => r,
+            _ = &mut grace => return Err(RetryError::Shutdown(None)),
+        };
+        let e = match outcome {
             Ok(v) => {
                 if attempt > 1 {
                     tracing::info!(what, attempt, "recovered");
                 }
                 return Ok(v);
             }
-            Err(e) if !e.is_transient() => return Err(RetryError::Permanent(e)),
-            Err(e) => e,
+            Err(e) => {
+                report(&e);
+                if !e.is_transient() {
+                    return Err(RetryError::Permanent(e));
+                }
+                e
+            }
         };
         tracing::warn!(what, attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "failed; will retry");
         tokio::select! {

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hdfs_native_object_store::HdfsObjectStoreBuilder;
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
 /// Errors in opening a storage root.
@@ -54,6 +54,8 @@ pub struct Location {
     pub store: Arc<dyn ObjectStore>,
     /// The root's path inside the store.
     pub prefix: Path,
+    /// True for the local file system (directories are real and must be removed by hand).
+    pub local: bool,
 }
 
 impl Location {
@@ -87,6 +89,7 @@ impl Location {
                 store_url,
                 store: Arc::new(store),
                 prefix,
+                local: false,
             });
         }
         let local = match root.strip_prefix("file://") {
@@ -113,6 +116,7 @@ impl Location {
             store_url: Url::parse("file:///").map_err(|e| bad(&e.to_string()))?,
             store: Arc::new(LocalFileSystem::new()),
             prefix,
+            local: true,
         })
     }
 
@@ -125,6 +129,24 @@ impl Location {
             }
         }
         p
+    }
+
+    /// Remove the directory `dir` if it is empty (an error otherwise, or when it does not exist).
+    /// Object stores have no directories, but HDFS and local disks do, and a commit's staging
+    /// directory must not outlive it.
+    pub async fn delete_dir(&self, dir: &Path) -> Result<(), object_store::Error> {
+        if self.local {
+            let fs = std::path::PathBuf::from("/").join(dir.as_ref());
+            tokio::fs::remove_dir(&fs)
+                .await
+                .map_err(|source| object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(source),
+                })
+        } else {
+            // HDFS: a non-recursive delete, which refuses a directory that is not empty.
+            self.store.delete(dir).await
+        }
     }
 
     /// The URL of a directory below the root, with a trailing slash (as listing tables want).

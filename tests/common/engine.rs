@@ -20,13 +20,30 @@ pub struct EngineProcess {
     child: Option<Child>,
     pub addr: String,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     pub log: PathBuf,
     http: reqwest::Client,
+}
+
+/// The `carflow` binary the tests run: `CARFLOW_TEST_BIN` when set (e.g. an older build, to show
+/// that a new test fails on it), else the one cargo built with the tests.
+pub fn carflow_bin() -> String {
+    std::env::var("CARFLOW_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_carflow").to_string())
 }
 
 impl EngineProcess {
     /// Start `carflow run` with `env` (CARFLOW_* overrides); logs go to `log_dir`.
     pub fn start(env: &[(&str, String)], log_dir: &std::path::Path, name: &str) -> Self {
+        Self::start_with_args(env, &[], log_dir, name)
+    }
+
+    /// [`EngineProcess::start`] with global arguments before `run` (e.g. `--config F`).
+    pub fn start_with_args(
+        env: &[(&str, String)],
+        args: &[&str],
+        log_dir: &std::path::Path,
+        name: &str,
+    ) -> Self {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -35,6 +52,7 @@ impl EngineProcess {
             child: None,
             addr: String::new(),
             env,
+            args: args.iter().map(|a| a.to_string()).collect(),
             log: log_dir.join(format!("{name}.log")),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -52,7 +70,8 @@ impl EngineProcess {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_carflow"))
+        let child = Command::new(carflow_bin())
+            .args(&self.args)
             .args(["run", "--engine-id", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .envs(self.env.iter().cloned())
@@ -135,6 +154,41 @@ impl EngineProcess {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGSTOP: the process freezes (a zombie in the making), its sockets stay open.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`EngineProcess::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// The process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Exit status if the process has ended (it is reaped).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The whole log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Start again with the same configuration.

@@ -5,4 +5,5 @@ pub mod engine;
 pub mod kafka;
 pub mod proxy;
 pub mod services;
+pub mod setup;
 pub mod verify;

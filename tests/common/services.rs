@@ -9,9 +9,10 @@ use carflow_engine::storage::Location;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
+use super::kafka::block_on_thread;
+pub use super::kafka::env_or;
 #[allow(unused_imports)]
 pub use super::kafka::{Kafka, Topic, unique, wait_for};
-use super::kafka::{block_on_thread, env_or};
 
 /// HDFS (a MiniDFSCluster namenode).
 #[derive(Clone)]
@@ -49,6 +50,45 @@ impl Hdfs {
 /// A test directory on HDFS.
 pub struct HdfsDir {
     pub url: String,
+}
+
+impl HdfsDir {
+    /// Every file and directory below `rel` (recursively, through WebHDFS, which also shows
+    /// empty directories); empty when `rel` does not exist.
+    pub async fn children(&self, rel: &str) -> Vec<String> {
+        let http = env_or("CARFLOW_HDFS_HTTP_URL", "http://127.0.0.1:9870");
+        let path = self
+            .url
+            .trim_start_matches("hdfs://")
+            .split_once('/')
+            .map_or(String::new(), |(_, p)| p.to_string());
+        let client = reqwest::Client::new();
+        let mut out = Vec::new();
+        let mut todo = vec![format!("/{path}/{rel}")];
+        while let Some(dir) = todo.pop() {
+            let r = client
+                .get(format!("{http}/webhdfs/v1{dir}?op=LISTSTATUS"))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == reqwest::StatusCode::NOT_FOUND {
+                continue;
+            }
+            let v: serde_json::Value = r.json().await.unwrap();
+            for f in v["FileStatuses"]["FileStatus"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let child = format!("{dir}/{}", f["pathSuffix"].as_str().unwrap_or_default());
+                if f["type"] == "DIRECTORY" {
+                    todo.push(child.clone());
+                }
+                out.push(child);
+            }
+        }
+        out
+    }
 }
 
 impl Drop for HdfsDir {
@@ -174,8 +214,9 @@ impl InfluxDb {
                     }
                     if tag_keys.contains(c) {
                         tags.push((c.clone(), val.as_str().unwrap().to_string()));
-                    } else {
-                        fields.insert(c.clone(), val.as_f64().unwrap());
+                    } else if let Some(v) = val.as_f64() {
+                        // String fields (not written by carflow) are left out.
+                        fields.insert(c.clone(), v);
                     }
                 }
                 tags.sort();

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use carflow_engine::catalog::register_lake;
-use carflow_engine::sink::line_protocol::{
+use carflow_engine::line_protocol::{
     PointMapping, encode_batch, split_escaped as split, unescape_key as unescape,
 };
 use carflow_engine::storage::Location;
-use carflow_engine::transform::{Planner, Target, TransformSet};
+use carflow_engine::transform::{OpenGate, Planner, Target, TransformSet};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 
@@ -108,7 +108,10 @@ pub async fn assert_lake_exact(ctx: &SessionContext, good: i64) {
 pub async fn expected_points(ctx: &SessionContext, queries_dir: &Path) -> Points {
     let planner = Planner::new().unwrap();
     let mut set = TransformSet::default();
-    let report = set.reload(&planner, queries_dir).await.unwrap();
+    let report = set
+        .reload(&planner, queries_dir, &mut OpenGate)
+        .await
+        .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let mut body = String::new();
     for t in set.iter() {

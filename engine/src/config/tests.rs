@@ -122,3 +122,43 @@ fn durations_read_and_print_like_people_write_them() {
     assert!(HumanDuration::parse("soon").unwrap_err().contains("500ms"));
     assert!(HumanDuration::parse("5 parsecs").is_err());
 }
+
+#[test]
+fn secret_looking_kafka_properties_are_never_shown() {
+    let text = r#"
+[kafka.properties]
+"sasl.password" = "hunter2"
+"ssl.key.password" = "k3y"
+"sasl.oauthbearer.client.secret" = "s3cret"
+"ssl.keystore.location" = "/etc/ks.p12"
+"fetch.max.bytes" = "52428800"
+"#;
+    let c: Config = toml::from_str(text).unwrap();
+    let debug = format!("{c:?}");
+    let printed = c.to_redacted_toml();
+    for secret in ["hunter2", "k3y", "s3cret", "/etc/ks.p12"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+        assert!(!printed.contains(secret), "{secret} in {printed}");
+    }
+    assert!(debug.contains("52428800") && printed.contains("52428800"));
+    assert!(printed.contains("\"sasl.password\" = \"***\""), "{printed}");
+}
+
+#[test]
+fn new_keys_have_defaults_and_named_problems() {
+    let c = Config::default();
+    assert_eq!(c.events.min_time_ms(), 946_684_800_000);
+    assert_eq!(c.lake.on_new_topic, OnNewTopic::Refuse);
+    let env = |k: &str| match k {
+        "CARFLOW_EVENTS_MIN_TIME" => Some("yesterday".to_string()),
+        "CARFLOW_LAKE_ON_NEW_TOPIC" => Some("new-ledger".to_string()),
+        _ => None,
+    };
+    let err = Config::load_with_env(None, env).unwrap_err().to_string();
+    assert!(err.contains("events.min_time"), "{err}");
+    let env = |k: &str| (k == "CARFLOW_LAKE_ON_NEW_TOPIC").then(|| "new-ledger".to_string());
+    assert_eq!(
+        Config::load_with_env(None, env).unwrap().lake.on_new_topic,
+        OnNewTopic::NewLedger
+    );
+}

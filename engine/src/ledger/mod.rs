@@ -1,15 +1,31 @@
-//! The offset ledger: which Kafka offsets the lake already holds, kept beside the data.
+//! The offset ledger: which Kafka offsets the lake and the windows already hold, kept beside the
+//! data.
 //!
 //! Each (topic, partition) has a log of small JSON entries under
 //! `<lake>/_carflow/ledger/<topic>/<partition>/<seq>.json`. An entry says "everything of this
-//! partition below `next_offset` is in the lake" and lists the files its commit made visible.
-//! A commit is: stage the data files and the next entry under `_carflow/staging/` (at the same
-//! time), move the entry into the ledger with rename-if-absent (the commit point), then rename the
-//! staged files into their datasets. Because the entry's move fails when the entry exists, two processes that both think they own a partition (a zombie after a
-//! rebalance) cannot both commit the same step: the loser gets [`LedgerError::Fenced`]. Loading a
-//! partition finishes the renames of its latest entry (roll forward), so a crash anywhere in a
-//! commit leaves either nothing visible or, after the next load, everything.
+//! partition below `next_offset` is in the lake", lists the files its commit made visible, and
+//! carries the partition's event-time progress and the partial aggregates of its open windows (so
+//! a restart or the partition's next owner continues exactly where the commit left off).
+//!
+//! A commit is: stage the data files and the entry under `_carflow/staging/` (at the same time),
+//! move the entry into the log with rename-if-absent (the commit point), check that no later entry
+//! exists, then rename the staged files into their datasets and remove the staging directory.
+//!
+//! **Fencing.** Two processes that both think they own a partition (a zombie after a rebalance)
+//! cannot both commit the same step: the entry's move fails when the entry exists, and the loser
+//! gets [`LedgerError::Fenced`]. Old entries are pruned (only the newest few are kept), so a
+//! writer that was frozen for long could find its next step's slot free again; that is why a
+//! published entry counts only if no later entry exists: the writer lists the log right after the
+//! move, and when a later entry is there it removes its own (stale) entry, publishes none of its
+//! files and reports [`LedgerError::Fenced`]. Readers and loaders follow the entry with the
+//! highest sequence number only, so a stale entry that a crash left behind is never followed.
+//!
+//! **Roll forward.** Loading a partition finishes the renames of its latest entry, so a crash
+//! anywhere in a commit leaves either nothing visible or, after the next load, everything. Readers
+//! ([`OffsetLedger::roll_forward_all`], used by `carflow sql`) do the same, so they see exactly the
+//! committed data even when no engine has loaded the partition since.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -17,29 +33,23 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use crate::source::TopicPartition;
 use crate::storage::Location;
 
 /// Name of a staged ledger entry inside its commit's staging directory.
 const STAGED_ENTRY: &str = "_entry.json";
 
-/// A ledger entry written to the staging area, waiting to be published.
-#[derive(Debug, Clone)]
-pub struct StagedEntry {
-    entry: LedgerEntry,
-    body: Vec<u8>,
-    staged: Path,
-    path: Path,
-}
-
-/// How many older ledger entries are kept behind the latest (for inspection; only the latest is read).
+/// How many older ledger entries are kept behind the latest (for inspection; only the latest is
+/// read).
 const KEEP_ENTRIES: u64 = 4;
 
 /// Errors of the ledger.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// Another writer committed this step first: this process no longer owns the partition.
+    /// Another writer committed this step (or a later one) first: this process no longer owns the
+    /// partition, or must reload it before committing again.
     #[error(
-        "ledger {topic}/{partition}: entry {seq} was written by another process (partition moved?)"
+        "ledger {topic}/{partition}: entry {seq} lost to another writer (the partition moved, or a frozen writer woke up)"
     )]
     Fenced {
         /// Topic.
@@ -57,7 +67,7 @@ pub enum LedgerError {
         /// The store's error.
         source: object_store::Error,
     },
-    /// An entry could not be read.
+    /// An entry could not be read or written as JSON.
     #[error("ledger {path}: corrupt entry: {source}")]
     Corrupt {
         /// The path involved.
@@ -76,12 +86,32 @@ pub struct FileMove {
     pub visible: String,
 }
 
+/// The partial aggregates of one windowed query's open windows, as committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowBlob {
+    /// Which version of the query wrote it (state of another version is not reused).
+    pub fingerprint: String,
+    /// The state rows, an Arrow IPC stream in base64.
+    pub ipc: String,
+}
+
+/// Event-time progress of a partition, as committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Newest event time seen (ms), per event-time column.
+    #[serde(default)]
+    pub max_event_ms: BTreeMap<String, i64>,
+    /// Windows ending at or before this were closed (their state dropped), per column.
+    #[serde(default)]
+    pub closed_before_ms: BTreeMap<String, i64>,
+}
+
 /// One ledger entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     /// Position in the partition's log, from 1.
     pub seq: u64,
-    /// Every offset below this is in the lake.
+    /// Every offset below this is in the lake and in the windows.
     pub next_offset: i64,
     /// The files this commit made visible.
     pub files: Vec<FileMove>,
@@ -89,19 +119,39 @@ pub struct LedgerEntry {
     pub writer: String,
     /// When, in milliseconds since the epoch.
     pub committed_at_ms: i64,
+    /// Kafka's id of the topic the offsets belong to (absent when the source has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_id: Option<String>,
+    /// Event-time progress.
+    #[serde(default)]
+    pub progress: Progress,
+    /// Open windows' partial aggregates, per windowed query (`influx.<measurement>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub windows: BTreeMap<String, WindowBlob>,
 }
 
 /// The ledger state of one partition, as its owner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionLedger {
-    /// Topic.
-    pub topic: Arc<str>,
-    /// Partition.
-    pub partition: i32,
+    /// The partition.
+    pub tp: TopicPartition,
     /// Sequence number of the latest entry (0: none yet).
     pub seq: u64,
     /// Offsets below this are already in the lake; replays of them are skipped.
     pub next_offset: i64,
+    /// Topic id the offsets belong to, if known.
+    pub topic_id: Option<String>,
+}
+
+/// What the next commit of a partition records besides its files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitState {
+    /// Kafka's topic id.
+    pub topic_id: Option<String>,
+    /// Event-time progress after the commit.
+    pub progress: Progress,
+    /// Open windows after the commit.
+    pub windows: BTreeMap<String, WindowBlob>,
 }
 
 /// Reads and writes ledger entries under a lake root.
@@ -131,6 +181,23 @@ pub fn safe_segment(s: &str) -> String {
         .collect()
 }
 
+/// A staged entry, written to the staging area and waiting to be published.
+#[derive(Debug, Clone)]
+pub struct StagedEntry {
+    entry: LedgerEntry,
+    body: Vec<u8>,
+    staged: Path,
+    path: Path,
+    dir: Path,
+}
+
+impl StagedEntry {
+    /// The entry.
+    pub fn entry(&self) -> &LedgerEntry {
+        &self.entry
+    }
+}
+
 impl OffsetLedger {
     /// A ledger under `location`, writing as `writer` (unique per process run).
     pub fn new(location: Location, writer: impl Into<String>) -> Self {
@@ -144,94 +211,129 @@ impl OffsetLedger {
         &self.location.store
     }
 
-    fn entries_dir(&self, topic: &str, partition: i32) -> Path {
+    /// Where the lake lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn entries_dir(&self, tp: &TopicPartition) -> Path {
         self.location.path(&[
             "_carflow/ledger",
-            &safe_segment(topic),
-            &partition.to_string(),
+            &safe_segment(&tp.topic),
+            &tp.partition.to_string(),
         ])
     }
 
-    fn entry_path(&self, topic: &str, partition: i32, seq: u64) -> Path {
-        self.entries_dir(topic, partition)
-            .join(format!("{seq:020}.json"))
+    fn entry_path(&self, tp: &TopicPartition, seq: u64) -> Path {
+        self.entries_dir(tp).join(format!("{seq:020}.json"))
     }
 
-    /// Where files of commit `seq` are staged.
-    pub fn staging_dir(&self, topic: &str, partition: i32, seq: u64) -> Path {
+    fn partition_staging(&self, tp: &TopicPartition) -> Path {
         self.location.path(&[
             "_carflow/staging",
-            &safe_segment(topic),
-            &partition.to_string(),
-            &format!("{seq:020}-{}", self.writer),
+            &safe_segment(&tp.topic),
+            &tp.partition.to_string(),
         ])
+    }
+
+    /// Where files of commit `seq` are staged (flat: one directory per commit).
+    pub fn staging_dir(&self, tp: &TopicPartition, seq: u64) -> Path {
+        self.partition_staging(tp)
+            .join(format!("{seq:020}-{}", self.writer))
+    }
+
+    /// Sequence numbers of the entries in a partition's log, ascending.
+    async fn sequences(&self, tp: &TopicPartition) -> Result<Vec<u64>, LedgerError> {
+        let dir = self.entries_dir(tp);
+        let listed = self
+            .store()
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(store_err(&dir))?;
+        let mut seqs: Vec<u64> = listed
+            .objects
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .and_then(|f| f.strip_suffix(".json"))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// The sequence number of a partition's latest entry (0: none).
+    pub async fn latest_seq(&self, tp: &TopicPartition) -> Result<u64, LedgerError> {
+        Ok(self.sequences(tp).await?.last().copied().unwrap_or(0))
     }
 
     /// The latest entry of a partition, if any.
-    pub async fn latest(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<LedgerEntry>, LedgerError> {
-        let dir = self.entries_dir(topic, partition);
-        let metas: Vec<_> = self
-            .store()
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(store_err(&dir))?;
-        let Some(last) = metas
-            .iter()
-            .filter(|m| m.location.as_ref().ends_with(".json"))
-            .max_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()))
-        else {
-            return Ok(None);
-        };
-        let bytes = self
-            .store()
-            .get(&last.location)
-            .await
-            .map_err(store_err(&last.location))?
-            .bytes()
-            .await
-            .map_err(store_err(&last.location))?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| LedgerError::Corrupt {
-                path: last.location.to_string(),
-                source,
-            })
+    pub async fn latest(&self, tp: &TopicPartition) -> Result<Option<LedgerEntry>, LedgerError> {
+        // An entry can be pruned between the listing and the read (a newer one exists then):
+        // list again.
+        for _ in 0..5 {
+            let Some(&seq) = self.sequences(tp).await?.last() else {
+                return Ok(None);
+            };
+            let path = self.entry_path(tp, seq);
+            match self.store().get(&path).await {
+                Ok(r) => {
+                    let bytes = r.bytes().await.map_err(store_err(&path))?;
+                    return serde_json::from_slice(&bytes).map(Some).map_err(|source| {
+                        LedgerError::Corrupt {
+                            path: path.to_string(),
+                            source,
+                        }
+                    });
+                }
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(store_err(&path)(e)),
+            }
+        }
+        Err(LedgerError::Store {
+            path: self.entries_dir(tp).to_string(),
+            source: object_store::Error::Generic {
+                store: "ledger",
+                source: "the latest entry kept disappearing while being read".into(),
+            },
+        })
     }
 
-    /// Take ownership of a partition: read its latest entry and finish that entry's renames.
+    /// Take ownership of a partition: read its latest entry, finish that entry's renames and
+    /// remove what failed commits left in the staging area.
     pub async fn load(
         &self,
-        topic: &Arc<str>,
-        partition: i32,
-    ) -> Result<PartitionLedger, LedgerError> {
-        let latest = self.latest(topic, partition).await?;
+        tp: &TopicPartition,
+    ) -> Result<(PartitionLedger, Option<LedgerEntry>), LedgerError> {
+        let latest = self.latest(tp).await?;
         if let Some(entry) = &latest {
             self.finish_moves(&entry.files).await?;
         }
         let seq = latest.as_ref().map_or(0, |e| e.seq);
-        self.remove_orphans(topic, partition, seq).await?;
-        Ok(PartitionLedger {
-            topic: Arc::clone(topic),
-            partition,
-            seq: latest.as_ref().map_or(0, |e| e.seq),
+        self.remove_orphans(tp, seq).await?;
+        self.remove_stale_entries(tp, seq).await;
+        let ledger = PartitionLedger {
+            tp: tp.clone(),
+            seq,
             next_offset: latest.as_ref().map_or(0, |e| e.next_offset),
-        })
+            topic_id: latest.as_ref().and_then(|e| e.topic_id.clone()),
+        };
+        Ok((ledger, latest))
     }
 
-    /// Commit: create entry `ledger.seq + 1` recording `next_offset` and `files`, then make the
-    /// files visible. On success `ledger` is advanced.
+    /// Commit `files` (already staged by the caller under [`OffsetLedger::staging_dir`] of
+    /// `ledger.seq + 1`) as the next step: everything below `next_offset` is then committed.
+    /// On success `ledger` is advanced.
     pub async fn commit(
         &self,
         ledger: &mut PartitionLedger,
         next_offset: i64,
         files: Vec<FileMove>,
+        state: CommitState,
     ) -> Result<(), LedgerError> {
-        let entry = self.next_entry(ledger, next_offset, files)?;
+        let entry = self.next_entry(ledger, next_offset, files, state)?;
         self.stage_entry(&entry).await?;
         self.publish(ledger, entry).await
     }
@@ -242,6 +344,7 @@ impl OffsetLedger {
         ledger: &PartitionLedger,
         next_offset: i64,
         files: Vec<FileMove>,
+        state: CommitState,
     ) -> Result<StagedEntry, LedgerError> {
         let seq = ledger.seq + 1;
         let entry = LedgerEntry {
@@ -250,20 +353,22 @@ impl OffsetLedger {
             files,
             writer: self.writer.clone(),
             committed_at_ms: chrono::Utc::now().timestamp_millis(),
+            topic_id: state.topic_id,
+            progress: state.progress,
+            windows: state.windows,
         };
-        let path = self.entry_path(&ledger.topic, ledger.partition, seq);
-        let body = serde_json::to_vec_pretty(&entry).map_err(|source| LedgerError::Corrupt {
+        let path = self.entry_path(&ledger.tp, seq);
+        let body = serde_json::to_vec(&entry).map_err(|source| LedgerError::Corrupt {
             path: path.to_string(),
             source,
         })?;
-        let staged = self
-            .staging_dir(&ledger.topic, ledger.partition, seq)
-            .join(STAGED_ENTRY);
+        let dir = self.staging_dir(&ledger.tp, seq);
         Ok(StagedEntry {
             entry,
             body,
-            staged,
+            staged: dir.clone().join(STAGED_ENTRY),
             path,
+            dir,
         })
     }
 
@@ -279,75 +384,124 @@ impl OffsetLedger {
     }
 
     /// The commit point: move the staged entry to its place with rename-if-absent (atomic on
-    /// HDFS and local disks; a second writer of the same step is fenced), then make the files
-    /// visible. Every data file of the entry must be staged before this is called.
+    /// HDFS and local disks), make sure no later entry exists (a stale writer's entry in a pruned
+    /// slot), then make the files visible and clean up. Every data file of the entry must be
+    /// staged before this is called.
     pub async fn publish(
         &self,
         ledger: &mut PartitionLedger,
         e: StagedEntry,
     ) -> Result<(), LedgerError> {
+        let seq = e.entry.seq;
+        let fenced = || LedgerError::Fenced {
+            topic: ledger.tp.topic.to_string(),
+            partition: ledger.tp.partition,
+            seq,
+        };
         if let Err(source) = self.store().rename_if_not_exists(&e.staged, &e.path).await {
             // Stores report an existing destination differently (HDFS: a remote
             // FileAlreadyExistsException): look at the destination rather than at the error.
             if matches!(source, object_store::Error::AlreadyExists { .. })
                 || self.store().head(&e.path).await.is_ok()
             {
-                let _ = self.store().delete(&e.staged).await;
-                return Err(LedgerError::Fenced {
-                    topic: ledger.topic.to_string(),
-                    partition: ledger.partition,
-                    seq: e.entry.seq,
-                });
+                self.discard_staging(&e.dir).await;
+                self.remove_dir_chain(&e.dir, &ledger.tp).await;
+                return Err(fenced());
             }
             return Err(LedgerError::Store {
                 path: e.path.to_string(),
                 source,
             });
         }
-        let seq = e.entry.seq;
+        // A later entry means this writer was frozen while others went on: its entry landed in
+        // a slot that pruning had freed. Take it back; nothing of it becomes visible.
+        let later = self.sequences(&ledger.tp).await?;
+        if later.last().is_some_and(|&last| last > seq) {
+            tracing::warn!(partition = %ledger.tp, seq, latest = ?later.last(),
+                "a later ledger entry exists: this writer is stale; its commit is withdrawn");
+            let _ = self.store().delete(&e.path).await;
+            self.discard_staging(&e.dir).await;
+            self.remove_dir_chain(&e.dir, &ledger.tp).await;
+            return Err(fenced());
+        }
         ledger.seq = seq;
         ledger.next_offset = e.entry.next_offset;
+        ledger.topic_id = e.entry.topic_id.clone();
         self.finish_moves(&e.entry.files).await?;
+        self.remove_dir_chain(&e.dir, &ledger.tp).await;
         if seq > KEEP_ENTRIES {
-            let old = self.entry_path(&ledger.topic, ledger.partition, seq - KEEP_ENTRIES);
+            let old = self.entry_path(&ledger.tp, seq - KEEP_ENTRIES);
             let _ = self.store().delete(&old).await;
         }
         Ok(())
     }
 
-    /// Delete staged files of commits up to `seq` that never became visible (a commit that
-    /// crashed before its entry, or lost to another writer). Later ones may still be in flight.
-    async fn remove_orphans(
-        &self,
-        topic: &str,
-        partition: i32,
-        seq: u64,
-    ) -> Result<(), LedgerError> {
-        let dir = self.location.path(&[
-            "_carflow/staging",
-            &safe_segment(topic),
-            &partition.to_string(),
-        ]);
-        let depth = dir.parts().count();
-        let metas: Vec<_> = self
+    /// Delete a commit's staging directory and whatever it holds (a commit that lost).
+    async fn discard_staging(&self, dir: &Path) {
+        let files: Vec<_> = self
             .store()
-            .list(Some(&dir))
+            .list(Some(dir))
             .try_collect()
             .await
-            .map_err(store_err(&dir))?;
-        for m in metas {
-            let commit_seq = m.location.parts().nth(depth).and_then(|p| {
-                p.as_ref()
-                    .split('-')
-                    .next()
-                    .and_then(|n| n.parse::<u64>().ok())
-            });
+            .unwrap_or_default();
+        for f in files {
+            let _ = self.store().delete(&f.location).await;
+        }
+        let _ = self.location.delete_dir(dir).await;
+    }
+
+    /// Remove a commit's (empty) staging directory, then its partition's and topic's directories
+    /// when they are empty too.
+    async fn remove_dir_chain(&self, dir: &Path, tp: &TopicPartition) {
+        let _ = self.location.delete_dir(dir).await;
+        let partition = self.partition_staging(tp);
+        if self.location.delete_dir(&partition).await.is_ok() {
+            let topic = self
+                .location
+                .path(&["_carflow/staging", &safe_segment(&tp.topic)]);
+            let _ = self.location.delete_dir(&topic).await;
+        }
+    }
+
+    /// Delete staged files of commits up to `seq` that never became visible (a commit that
+    /// crashed before its entry, or lost to another writer). Later ones may still be in flight.
+    async fn remove_orphans(&self, tp: &TopicPartition, seq: u64) -> Result<(), LedgerError> {
+        let dir = self.partition_staging(tp);
+        let listed = match self.store().list_with_delimiter(Some(&dir)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(store_err(&dir)(e)),
+        };
+        for commit in listed.common_prefixes {
+            let commit_seq = commit
+                .filename()
+                .and_then(|f| f.split('-').next())
+                .and_then(|n| n.parse::<u64>().ok());
             if commit_seq.is_some_and(|s| s <= seq) {
-                tracing::info!(path = %m.location, "removing orphaned staged file");
-                let _ = self.store().delete(&m.location).await;
+                tracing::info!(path = %commit, "removing a failed commit's staged files");
+                self.discard_staging(&commit).await;
             }
         }
+        if self.location.delete_dir(&dir).await.is_ok() {
+            let topic = self
+                .location
+                .path(&["_carflow/staging", &safe_segment(&tp.topic)]);
+            let _ = self.location.delete_dir(&topic).await;
+        }
         Ok(())
+    }
+
+    /// Remove entries that a stale writer's crash left behind, and entries older than the kept
+    /// ones (best effort).
+    async fn remove_stale_entries(&self, tp: &TopicPartition, latest: u64) {
+        let Ok(seqs) = self.sequences(tp).await else {
+            return;
+        };
+        for s in seqs {
+            if s + KEEP_ENTRIES <= latest {
+                let _ = self.store().delete(&self.entry_path(tp, s)).await;
+            }
+        }
     }
 
     /// Rename staged files to their visible names; a move already done is skipped.
@@ -372,6 +526,65 @@ impl OffsetLedger {
         });
         futures::future::try_join_all(moves).await?;
         Ok(())
+    }
+
+    /// Every partition that has a ledger, by topic directory name and partition.
+    pub async fn partitions(&self) -> Result<Vec<TopicPartition>, LedgerError> {
+        let root = self.location.path(&["_carflow/ledger"]);
+        let topics = match self.store().list_with_delimiter(Some(&root)).await {
+            Ok(l) => l.common_prefixes,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(store_err(&root)(e)),
+        };
+        let mut out = Vec::new();
+        for t in topics {
+            let Some(topic) = t.filename().map(str::to_string) else {
+                continue;
+            };
+            let parts = self
+                .store()
+                .list_with_delimiter(Some(&t))
+                .await
+                .map_err(store_err(&t))?;
+            for p in parts.common_prefixes {
+                if let Some(n) = p.filename().and_then(|f| f.parse::<i32>().ok()) {
+                    out.push(TopicPartition::new(topic.as_str(), n));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// For readers: finish the renames of every partition's latest entry, so what is visible is
+    /// exactly what is committed even if a writer died between its commit point and its renames.
+    /// Returns how many files were moved into place.
+    pub async fn roll_forward_all(&self) -> Result<usize, LedgerError> {
+        let mut moved = 0;
+        for tp in self.partitions().await? {
+            if let Some(entry) = self.latest(&tp).await? {
+                let pending = futures::future::join_all(entry.files.iter().map(|f| async {
+                    self.store()
+                        .head(&Path::from(f.visible.as_str()))
+                        .await
+                        .is_err()
+                }))
+                .await;
+                let missing: Vec<FileMove> = entry
+                    .files
+                    .iter()
+                    .zip(pending)
+                    .filter(|(_, m)| *m)
+                    .map(|(f, _)| f.clone())
+                    .collect();
+                if !missing.is_empty() {
+                    tracing::info!(partition = %tp, files = missing.len(), "finishing a commit whose writer stopped before its renames");
+                    self.finish_moves(&missing).await?;
+                    moved += missing.len();
+                }
+            }
+        }
+        Ok(moved)
     }
 }
 

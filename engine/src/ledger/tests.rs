@@ -5,8 +5,12 @@ fn ledger(dir: &std::path::Path, writer: &str) -> OffsetLedger {
     OffsetLedger::new(loc, writer)
 }
 
+fn tp() -> TopicPartition {
+    TopicPartition::new("cars topic", 3)
+}
+
 async fn stage(l: &OffsetLedger, seq: u64, name: &str) -> FileMove {
-    let staged = l.staging_dir("cars topic", 3, seq).join(name);
+    let staged = l.staging_dir(&tp(), seq).join(name);
     l.store()
         .put(&staged, PutPayload::from(name.as_bytes().to_vec()))
         .await
@@ -22,88 +26,155 @@ async fn exists(l: &OffsetLedger, p: &str) -> bool {
     l.store().head(&Path::from(p)).await.is_ok()
 }
 
+fn staging_is_empty(root: &std::path::Path) -> bool {
+    let dir = root.join("_carflow/staging");
+    !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none()
+}
+
 #[tokio::test]
-async fn a_commit_is_visible_and_survives_a_reload() {
+async fn a_commit_is_visible_survives_a_reload_and_leaves_no_staging_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let l = ledger(tmp.path(), "a");
-    let topic: Arc<str> = Arc::from("cars topic");
-    let mut p = l.load(&topic, 3).await.unwrap();
-    assert_eq!((p.seq, p.next_offset), (0, 0));
+    let (mut p, entry) = l.load(&tp()).await.unwrap();
+    assert_eq!((p.seq, p.next_offset, entry), (0, 0, None));
     let f = stage(&l, 1, "part-1.parquet").await;
-    l.commit(&mut p, 100, vec![f.clone()]).await.unwrap();
+    l.commit(&mut p, 100, vec![f.clone()], CommitState::default())
+        .await
+        .unwrap();
     assert_eq!((p.seq, p.next_offset), (1, 100));
     assert!(exists(&l, &f.visible).await && !exists(&l, &f.staged).await);
-    let again = ledger(tmp.path(), "b").load(&topic, 3).await.unwrap();
+    assert!(
+        staging_is_empty(tmp.path()),
+        "the commit's staging directory is gone"
+    );
+    let (again, entry) = ledger(tmp.path(), "b").load(&tp()).await.unwrap();
     assert_eq!(again, p);
+    assert_eq!(entry.unwrap().next_offset, 100);
 }
 
 #[tokio::test]
 async fn a_second_writer_of_the_same_step_is_fenced() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (ledger(tmp.path(), "a"), ledger(tmp.path(), "b"));
-    let topic: Arc<str> = Arc::from("cars topic");
-    let mut pa = a.load(&topic, 3).await.unwrap();
-    let mut pb = b.load(&topic, 3).await.unwrap();
+    let (mut pa, _) = a.load(&tp()).await.unwrap();
+    let (mut pb, _) = b.load(&tp()).await.unwrap();
     let fa = stage(&a, 1, "a.parquet").await;
-    a.commit(&mut pa, 10, vec![fa]).await.unwrap();
+    a.commit(&mut pa, 10, vec![fa], CommitState::default())
+        .await
+        .unwrap();
     let fb = stage(&b, 1, "b.parquet").await;
-    let err = b.commit(&mut pb, 20, vec![fb.clone()]).await.unwrap_err();
+    let err = b
+        .commit(&mut pb, 20, vec![fb.clone()], CommitState::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, LedgerError::Fenced { seq: 1, .. }), "{err}");
     assert!(
         !exists(&b, &fb.visible).await,
         "the fenced commit stays invisible"
     );
-    // The loser reloads, sees the winner's position, and removes its orphan on the way.
-    let reloaded = b.load(&topic, 3).await.unwrap();
+    // The loser reloads and sees the winner's position; nothing of its commit is left.
+    let (reloaded, _) = b.load(&tp()).await.unwrap();
     assert_eq!(reloaded.next_offset, 10);
     assert!(!exists(&b, &fb.staged).await);
+    assert!(staging_is_empty(tmp.path()));
 }
 
 #[tokio::test]
-async fn a_crash_between_entry_and_rename_is_rolled_forward() {
+async fn a_writer_frozen_while_others_went_on_cannot_publish_into_a_pruned_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (zombie, owner) = (ledger(tmp.path(), "zombie"), ledger(tmp.path(), "owner"));
+    let (mut pz, _) = zombie.load(&tp()).await.unwrap();
+    let first = stage(&zombie, 1, "z1.parquet").await;
+    zombie
+        .commit(&mut pz, 10, vec![first], CommitState::default())
+        .await
+        .unwrap();
+    // The zombie freezes; the new owner commits many steps (old entries are pruned).
+    let (mut po, _) = owner.load(&tp()).await.unwrap();
+    for i in 2..=9 {
+        owner
+            .commit(&mut po, i * 10, vec![], CommitState::default())
+            .await
+            .unwrap();
+    }
+    assert!(
+        !exists(&owner, &owner.entry_path(&tp(), 2).to_string()).await,
+        "entry 2 was pruned: its slot is free"
+    );
+    // The zombie wakes up and commits its next step, 2.
+    let late = stage(&zombie, 2, "z2.parquet").await;
+    let err = zombie
+        .commit(&mut pz, 20, vec![late.clone()], CommitState::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Fenced { seq: 2, .. }), "{err}");
+    assert!(
+        !exists(&zombie, &late.visible).await,
+        "none of its files is visible"
+    );
+    assert!(
+        !exists(&owner, &owner.entry_path(&tp(), 2).to_string()).await,
+        "its entry was taken back"
+    );
+    let (now, _) = owner.load(&tp()).await.unwrap();
+    assert_eq!((now.seq, now.next_offset), (9, 90));
+}
+
+#[tokio::test]
+async fn a_crash_between_entry_and_rename_is_rolled_forward_by_loaders_and_readers() {
     let tmp = tempfile::tempdir().unwrap();
     let l = ledger(tmp.path(), "a");
-    let topic: Arc<str> = Arc::from("cars topic");
     let f = stage(&l, 1, "part.parquet").await;
-    // Write the entry by hand, as if the process died right after its commit point.
-    let entry = LedgerEntry {
-        seq: 1,
-        next_offset: 42,
-        files: vec![f.clone()],
-        writer: "a".into(),
-        committed_at_ms: 0,
-    };
-    let path = l.entry_path("cars topic", 3, 1);
+    // Write the entry by hand, as if the process died right after its commit point. The entry is
+    // in the format of an older carflow (no progress, no windows): it still reads.
+    let entry = serde_json::json!({
+        "seq": 1, "next_offset": 42, "files": [f], "writer": "a", "committed_at_ms": 0
+    });
+    let path = l.entry_path(&tp(), 1);
     l.store()
         .put(&path, PutPayload::from(serde_json::to_vec(&entry).unwrap()))
         .await
         .unwrap();
     assert!(!exists(&l, &f.visible).await);
-    let p = ledger(tmp.path(), "b").load(&topic, 3).await.unwrap();
-    assert_eq!(p.next_offset, 42);
+    assert_eq!(
+        ledger(tmp.path(), "reader")
+            .roll_forward_all()
+            .await
+            .unwrap(),
+        1
+    );
     assert!(
         exists(&l, &f.visible).await,
-        "roll forward made the file visible"
+        "a reader made the file visible"
     );
+    let (p, _) = ledger(tmp.path(), "b").load(&tp()).await.unwrap();
+    assert_eq!(p.next_offset, 42);
 }
 
 #[tokio::test]
-async fn old_entries_are_pruned() {
+async fn old_entries_are_pruned_and_state_is_carried_by_each_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let l = ledger(tmp.path(), "a");
-    let topic: Arc<str> = Arc::from("t");
-    let mut p = l.load(&topic, 0).await.unwrap();
+    let (mut p, _) = l.load(&TopicPartition::new("t", 0)).await.unwrap();
     for i in 1..=10 {
-        l.commit(&mut p, i * 10, vec![]).await.unwrap();
+        let mut state = CommitState {
+            topic_id: Some("id-1".into()),
+            ..Default::default()
+        };
+        state
+            .progress
+            .max_event_ms
+            .insert("sold_at".into(), i * 1000);
+        l.commit(&mut p, i * 10, vec![], state).await.unwrap();
     }
-    let dir = l.entries_dir("t", 0);
-    let n = l
-        .store()
-        .list(Some(&dir))
-        .try_collect::<Vec<_>>()
+    let seqs = l.sequences(&TopicPartition::new("t", 0)).await.unwrap();
+    assert_eq!(seqs.len() as u64, KEEP_ENTRIES);
+    let latest = l
+        .latest(&TopicPartition::new("t", 0))
         .await
         .unwrap()
-        .len();
-    assert_eq!(n as u64, KEEP_ENTRIES);
-    assert_eq!(l.latest("t", 0).await.unwrap().unwrap().next_offset, 100);
+        .unwrap();
+    assert_eq!(latest.next_offset, 100);
+    assert_eq!(latest.progress.max_event_ms["sold_at"], 10_000);
+    assert_eq!(latest.topic_id.as_deref(), Some("id-1"));
 }

@@ -48,14 +48,47 @@ fn the_reference_example_encodes_exactly() {
 }
 
 #[test]
-fn special_characters_are_escaped_per_the_spec() {
+fn special_characters_are_escaped_as_influxdb_reads_them() {
+    // Checked against InfluxDB 1.8: `a\\,b` is stored as `a\,b` (the backslash is literal, the
+    // comma escaped), `a\\b` as `a\\b`; a value ending in a backslash cannot be written at all.
     assert_eq!(escape_measurement("my measure,x=1"), "my\\ measure\\,x=1");
     assert_eq!(escape_key("tag key,a=b"), "tag\\ key\\,a\\=b");
-    assert_eq!(escape_key("ends\\"), "ends\\\\");
-    assert_eq!(escape_key("a\\,b"), "a\\\\\\,b");
+    assert_eq!(escape_key("a\\,b"), "a\\\\,b");
     assert_eq!(escape_key("plain\\path"), "plain\\path");
-    assert_eq!(escape_key("two\nlines"), "two\\nlines");
     assert_eq!(escape_string_field(r#"say "hi" \o/"#), r#"say \"hi\" \\o/"#);
+}
+
+#[test]
+fn values_influxdb_cannot_hold_are_rewritten_by_the_documented_rule() {
+    assert_eq!(tag_value(""), ("(empty)".to_string(), true));
+    assert_eq!(
+        tag_value("two\nlines"),
+        ("two\u{fffd}lines".to_string(), true)
+    );
+    assert_eq!(
+        tag_value("tab\there"),
+        ("tab\u{fffd}here".to_string(), true)
+    );
+    assert_eq!(tag_value("ends\\"), ("ends\u{fffd}".to_string(), true));
+    assert_eq!(tag_value("São Paulo"), ("São\\ Paulo".to_string(), false));
+    assert_eq!(escape_key("key\r"), "key\u{fffd}");
+    assert_eq!(escape_measurement("m\\"), "m\u{fffd}");
+    let b = batch(vec![
+        ("time", ts_ms(vec![Some(1), Some(2)])),
+        ("city", Arc::new(StringArray::from(vec!["", "a\nb"]))),
+        ("n", Arc::new(Int64Array::from(vec![1, 2]))),
+    ]);
+    let mapping = PointMapping::from_schema(&b.schema()).unwrap();
+    let mut out = String::new();
+    let done = encode_batch_counted("m", &mapping, &b, &mut out);
+    assert_eq!(
+        done,
+        Encoded {
+            points: 2,
+            rewritten: 2
+        }
+    );
+    assert_eq!(out, "m,city=(empty) n=1i 1\nm,city=a\u{fffd}b n=2i 2\n");
 }
 
 #[test]
@@ -84,8 +117,12 @@ fn escaped_lines_split_back_into_the_original_parts() {
         let kv = split_unescaped(&head[1], '=');
         assert_eq!(unescape(&kv[0]), "tag key");
         let got = unescape(&kv[1]);
-        // Backslashes that would have escaped a separator are doubled, never lost or misread.
-        assert_eq!(got.replace("\\\\", "\\"), v, "{line}");
+        // Read back as InfluxDB reads it: the value itself, except a trailing backslash.
+        let want = match v.strip_suffix('\\') {
+            Some(head) => format!("{head}\u{fffd}"),
+            None => v.to_string(),
+        };
+        assert_eq!(got, want, "{line}");
         assert_eq!(sections[1], "f\\=1=7i");
         assert_eq!(sections[2], "1");
     }

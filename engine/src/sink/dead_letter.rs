@@ -1,7 +1,9 @@
 //! Dead letters as a lake dataset: every message that did not decode, with its reason and origin.
 //!
 //! Dead letters are committed in the same ledger step as the good rows of their partition, so
-//! they too land exactly once. The dataset is `dead_letters` (partitioned by the day they were
+//! they too land exactly once. A message that did not decode has a null `transform`; a row that a
+//! transform could not process (it is missing from that transform's output only) names it, e.g.
+//! `lake.age_ratio`. The dataset is `dead_letters` (partitioned by the day they were
 //! received); `carflow sql -c "SELECT reason, count(*) FROM dead_letters GROUP BY reason"` shows
 //! what went wrong. The payload is kept as bytes (exactly as received) and as lossy text.
 
@@ -13,8 +15,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::batcher::DeadLetter;
 use crate::sink::lake::DatasetOutput;
+use crate::source::DeadLetter;
 
 /// The name of the dead-letter dataset.
 pub const DATASET: &str = "dead_letters";
@@ -30,6 +32,7 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("offset", DataType::Int64, false),
         Field::new("kafka_ts", ts.clone(), true),
         Field::new("reason", DataType::Utf8, false),
+        Field::new("transform", DataType::Utf8, true),
         Field::new("payload", DataType::Binary, false),
         Field::new("payload_text", DataType::Utf8, false),
         Field::new("received_at", ts, false),
@@ -79,6 +82,11 @@ pub fn output(
             Arc::new(
                 dead.iter()
                     .map(|d| Some(d.reason.as_str()))
+                    .collect::<StringArray>(),
+            ),
+            Arc::new(
+                dead.iter()
+                    .map(|d| d.transform.as_deref())
                     .collect::<StringArray>(),
             ),
             Arc::new(

@@ -79,6 +79,23 @@ pub enum InfluxTarget {
     },
 }
 
+impl InfluxTarget {
+    /// Where `[influx]` sends points: the server when `url` is set, else the file.
+    pub fn from_config(c: &crate::config::InfluxConfig) -> Self {
+        if c.url.is_empty() {
+            Self::File(c.file.clone())
+        } else {
+            Self::Http {
+                url: c.url.clone(),
+                org: c.org.clone(),
+                bucket: c.bucket.clone(),
+                token: c.token.0.clone(),
+                timeout: c.timeout.0,
+            }
+        }
+    }
+}
+
 /// Writes line protocol to its target.
 pub struct InfluxSink {
     target: InfluxTarget,
@@ -139,20 +156,30 @@ impl InfluxSink {
     }
 
     /// Write `body` (complete lines) once; the caller retries transient errors.
-    pub async fn write(&self, body: &str) -> Result<(), InfluxError> {
+    ///
+    /// The body goes in chunks of [`LINES_PER_REQUEST`] lines. A chunk InfluxDB refuses in part
+    /// or in whole as bad data (HTTP 400/422: a field type conflict, a line it cannot parse) does
+    /// not stop the others: InfluxDB 1.8 writes the good points of a chunk and names the dropped
+    /// ones, which are counted in the report. A chunk too large for the server (413) is split in
+    /// halves until it passes. 401/403 are configuration errors ([`InfluxError::Config`]): no
+    /// retry helps.
+    pub async fn write(&self, body: &str) -> Result<WriteReport, InfluxError> {
+        let mut report = WriteReport::default();
         if body.is_empty() {
-            return Ok(());
+            return Ok(report);
         }
         match (&self.target, &self.client) {
-            (InfluxTarget::File(path), _) => append(path, body).await,
+            (InfluxTarget::File(path), _) => append(path, body).await.map(|()| report),
             (
                 InfluxTarget::Http {
                     url, org, bucket, ..
                 },
                 Some(client),
             ) => {
-                for chunk in chunks(body, LINES_PER_REQUEST) {
-                    client
+                let mut todo: Vec<&str> = chunks(body, LINES_PER_REQUEST).collect();
+                todo.reverse();
+                while let Some(chunk) = todo.pop() {
+                    let sent = client
                         .write_line_protocol_with_precision(
                             org,
                             bucket,
@@ -160,9 +187,31 @@ impl InfluxSink {
                             TimestampPrecision::Milliseconds,
                         )
                         .await
-                        .map_err(|e| classify(url, e))?;
+                        .map_err(|e| classify(url, e));
+                    match sent {
+                        Ok(()) => {}
+                        Err(InfluxError::Rejected {
+                            status: 413,
+                            message,
+                            ..
+                        }) => {
+                            let lines = chunk.lines().count();
+                            if lines <= 1 {
+                                report.rejected_points += 1;
+                                report.reasons.push(format!("a point too large: {message}"));
+                            } else {
+                                let half: Vec<&str> = chunks(chunk, lines.div_ceil(2)).collect();
+                                todo.extend(half.into_iter().rev());
+                            }
+                        }
+                        Err(InfluxError::Rejected { message, .. }) => {
+                            report.rejected_points += dropped_points(&message, chunk);
+                            report.reasons.push(message);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Ok(())
+                Ok(report)
             }
             (InfluxTarget::Http { .. }, None) => {
                 Err(InfluxError::Config("client not built".into()))
@@ -186,9 +235,52 @@ impl InfluxSink {
     }
 }
 
+/// What a write did beyond succeeding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Points InfluxDB refused as bad data (the others of their request were written).
+    pub rejected_points: usize,
+    /// InfluxDB's messages for the refusals.
+    pub reasons: Vec<String>,
+}
+
+/// How many points of `chunk` a refusal dropped: InfluxDB 1.8 says `dropped=N` for a partial
+/// write and names each line it cannot parse; otherwise the whole chunk counts.
+fn dropped_points(message: &str, chunk: &str) -> usize {
+    if let Some(n) = message
+        .rsplit("dropped=")
+        .next()
+        .filter(|_| message.contains("dropped="))
+        .and_then(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<usize>()
+                .ok()
+        })
+    {
+        return n;
+    }
+    let unparsable = message.matches("unable to parse").count();
+    if unparsable > 0 {
+        return unparsable;
+    }
+    chunk.lines().count()
+}
+
 fn classify(url: &str, e: influxdb2::RequestError) -> InfluxError {
     match e {
-        influxdb2::RequestError::Http { status, text } if matches!(status.as_u16(), 400 | 422) => {
+        influxdb2::RequestError::Http { status, text } if matches!(status.as_u16(), 401 | 403) => {
+            InfluxError::Config(format!(
+                "{url} refused the credentials (HTTP {status}: {}): set influx.token \
+                 (CARFLOW_INFLUX_TOKEN) to `user:password` for InfluxDB 1.8 with auth, or an API \
+                 token with write access to influx.bucket for 2.x",
+                text.trim()
+            ))
+        }
+        influxdb2::RequestError::Http { status, text }
+            if matches!(status.as_u16(), 400 | 413 | 422) =>
+        {
             InfluxError::Rejected {
                 url: url.to_string(),
                 status: status.as_u16(),

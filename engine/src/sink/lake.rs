@@ -3,10 +3,13 @@
 //! For each Kafka partition of a micro-batch, [`LakeSink::encode`] turns every lake transform's
 //! output into Parquet files, one per Hive partition (`<root>/<dataset>/dt=2026-11-27/…`), with
 //! the partition columns moved into the path. File names are deterministic:
-//! `part-<topic>-<partition>-<first offset>-<last offset>.parquet`. [`LakeSink::commit`] stages
-//! the files, then commits them through the [`OffsetLedger`](crate::checkpoint::OffsetLedger):
-//! a file is visible only when complete, and a replay of offsets the ledger already holds is
-//! filtered out before it reaches a transform, so each record lands in each dataset once.
+//! `part-<topic>[-<topic id>]-<partition>-<first offset>-<last offset>.parquet` (the topic id
+//! keeps a recreated topic's files apart from the old one's). Columns are written as nullable, so
+//! a dataset can gain a column ([schema evolution](crate::transform)) and older files read as
+//! NULL for it. [`LakeSink::commit`] stages the files, then commits them through the
+//! [`OffsetLedger`](crate::ledger::OffsetLedger): a file is visible only when complete, and a
+//! replay of offsets the ledger already holds is filtered out before it reaches a transform, so
+//! each record lands in each dataset once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +26,10 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use crate::checkpoint::{FileMove, LedgerError, OffsetLedger, PartitionLedger, safe_segment};
+use crate::ledger::{
+    CommitState, FileMove, LedgerError, OffsetLedger, PartitionLedger, safe_segment,
+};
+use crate::source::TopicPartition;
 use crate::storage::Location;
 
 /// Hive's name for a null partition value.
@@ -112,14 +118,18 @@ impl LakeSink {
     /// Encode `outputs` of one Kafka partition covering offsets `first..=last` into files.
     pub fn encode(
         &self,
-        topic: &str,
-        partition: i32,
+        tp: &TopicPartition,
+        topic_id: Option<&str>,
         (first, last): (i64, i64),
         outputs: &[DatasetOutput],
     ) -> Result<Vec<EncodedFile>, LakeError> {
+        let id = topic_id
+            .map(|id| format!("-{}", safe_segment(&id.chars().take(8).collect::<String>())))
+            .unwrap_or_default();
         let name = format!(
-            "part-{}-{partition}-{first:020}-{last:020}.parquet",
-            safe_segment(topic)
+            "part-{}{id}-{}-{first:020}-{last:020}.parquet",
+            safe_segment(&tp.topic),
+            tp.partition
         );
         let mut files = Vec::new();
         for out in outputs {
@@ -159,14 +169,14 @@ impl LakeSink {
         ledger: &mut PartitionLedger,
         next_offset: i64,
         files: Vec<EncodedFile>,
+        state: CommitState,
     ) -> Result<(), LakeError> {
-        let staging = self
-            .ledger
-            .staging_dir(&ledger.topic, ledger.partition, ledger.seq + 1);
+        let staging = self.ledger.staging_dir(&ledger.tp, ledger.seq + 1);
         let moves = files
             .iter()
-            .map(|f| FileMove {
-                staged: join(&staging, &format!("{}/{}", f.dataset, f.relative)).to_string(),
+            .enumerate()
+            .map(|(i, f)| FileMove {
+                staged: staging.clone().join(format!("{i:05}.parquet")).to_string(),
                 visible: self.location.path(&[&f.dataset, &f.relative]).to_string(),
             })
             .collect::<Vec<_>>();
@@ -181,7 +191,9 @@ impl LakeSink {
                     source,
                 })
         });
-        let entry = self.ledger.next_entry(ledger, next_offset, moves.clone())?;
+        let entry = self
+            .ledger
+            .next_entry(ledger, next_offset, moves.clone(), state)?;
         let stage_entry = async {
             self.ledger
                 .stage_entry(&entry)
@@ -194,22 +206,58 @@ impl LakeSink {
     }
 }
 
-fn join(base: &Path, rel: &str) -> Path {
-    rel.split('/')
-        .filter(|s| !s.is_empty())
-        .fold(base.clone(), |p, s| p.join(s))
-}
-
-/// Encode one batch as a Parquet file in memory.
+/// Encode one batch as a Parquet file in memory, every column nullable.
 pub fn encode_parquet(
     batch: &RecordBatch,
     props: &WriterProperties,
 ) -> Result<Bytes, parquet::errors::ParquetError> {
+    let batch = &nullable(batch)?;
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
     let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.clone()))?;
     writer.write(batch)?;
     writer.close()?;
     Ok(Bytes::from(buf))
+}
+
+/// `batch` with every field nullable (the lake's file schema: a dataset may gain columns).
+pub fn nullable(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = batch.schema();
+    if schema.fields().iter().all(|f| f.is_nullable()) {
+        return Ok(batch.clone());
+    }
+    let loose = Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    );
+    RecordBatch::try_new(Arc::new(loose), batch.columns().to_vec())
+}
+
+/// Can Parquet hold columns of `schema`? (A query whose output it cannot write is refused when
+/// it is loaded, with the column, rather than failing on every batch.)
+pub fn check_writable(schema: &SchemaRef) -> Result<(), String> {
+    let loose: SchemaRef = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let row = RecordBatch::try_new(
+        Arc::clone(&loose),
+        loose
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), 1))
+            .collect(),
+    )
+    .map_err(|e| e.to_string())?;
+    encode_parquet(&row, &WriterProperties::builder().build())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// A Hive path segment: `key=value` with unusual characters percent-encoded.

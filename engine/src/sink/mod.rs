@@ -6,4 +6,3 @@
 pub mod dead_letter;
 pub mod influx;
 pub mod lake;
-pub mod line_protocol;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Message, PartitionCommit, Source, SourceError, SourceEvent};
+use super::{
+    Message, PartitionCommit, Source, SourceError, SourceEvent, TopicPartition, TopicView,
+};
 use crate::generator::Generator;
 
 /// The pseudo-topic of generated messages.
@@ -76,19 +78,23 @@ impl Source for GeneratorSource {
         Ok(())
     }
 
-    async fn committed(
-        &mut self,
-        _topic: &str,
-        _partition: i32,
-    ) -> Result<Option<(i64, String)>, SourceError> {
-        Ok(None)
+    async fn topic_view(&mut self, _max_age: Duration) -> Result<TopicView, SourceError> {
+        let mut view = TopicView::default();
+        view.ends.insert(
+            TopicPartition::new(Arc::clone(&self.topic), 0),
+            self.emitted as i64,
+        );
+        Ok(view)
     }
 
     fn take_events(&mut self) -> Vec<SourceEvent> {
         if std::mem::replace(&mut self.announced, true) {
             Vec::new()
         } else {
-            vec![SourceEvent::Assigned(vec![(Arc::clone(&self.topic), 0)])]
+            vec![SourceEvent::Assigned(vec![TopicPartition::new(
+                Arc::clone(&self.topic),
+                0,
+            )])]
         }
     }
 }

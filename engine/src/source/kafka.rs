@@ -1,39 +1,49 @@
-//! [`KafkaSource`]: a consumer-group member on real Kafka, with manual offsets.
+//! [`KafkaSource`]: a consumer-group member on real Kafka, with manual positions.
 //!
-//! Auto-commit is off: offsets are committed by the pipeline only after every sink is durable,
-//! each with a small metadata string (the event-time state of the partition). Rebalances are
-//! reported as [`SourceEvent`]s and handled between batches; the lake's ledger moves with the
-//! partition because it is kept beside the data. Consumer lag comes from librdkafka's statistics.
+//! Auto-commit is off: positions are committed by the pipeline only after every sink is durable
+//! (asynchronously: they say where a restart resumes; the offset ledger beside the data says what
+//! the lake and the windows hold). Rebalances are reported as [`SourceEvent`]s and handled
+//! between batches. Transient trouble — every broker down, a transport error, a rebalance after
+//! `max.poll.interval.ms` was exceeded while a sink was down — is logged, counted and waited out
+//! here, so the engine rides out broker restarts; only errors that need a person (authentication,
+//! authorization, a fatal client error) end the source. Consumer lag comes from librdkafka's
+//! statistics; the ends of every partition (owned or not) and the topic's id come from the
+//! broker ([`Source::topic_view`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::{Message, PartitionCommit, Source, SourceError, SourceEvent};
+use super::{
+    Message, PartitionCommit, Source, SourceError, SourceEvent, TopicPartition, TopicView,
+};
 use crate::config::KafkaConfig;
+use prometheus_client::metrics::counter::Counter;
 
-/// How long metadata and committed-offset requests may take.
+/// How long metadata, watermark and describe requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Receives librdkafka's callbacks: rebalances, statistics, logs.
+/// Receives librdkafka's callbacks: rebalances, statistics, logs, commit results.
 pub struct CarflowContext {
     events: Mutex<Vec<SourceEvent>>,
     lag: AtomicI64,
+    errors: Counter,
 }
 
-fn partitions_of(tpl: &TopicPartitionList) -> Vec<(Arc<str>, i32)> {
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
         .iter()
-        .map(|e| (Arc::from(e.topic()), e.partition()))
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
         .collect()
 }
 
@@ -64,6 +74,11 @@ impl ClientContext for CarflowContext {
             .sum();
         self.lag.store(lag, Ordering::Relaxed);
     }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.inc();
+        tracing::warn!(error = %error, reason, "kafka client error (librdkafka retries on its own)");
+    }
 }
 
 impl ConsumerContext for CarflowContext {
@@ -74,10 +89,7 @@ impl ConsumerContext for CarflowContext {
                 partitions = tps.len(),
                 "kafka rebalance: partitions revoked"
             );
-            self.events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(SourceEvent::Revoked(tps));
+            self.push(SourceEvent::Revoked(tps));
         }
     }
 
@@ -89,27 +101,44 @@ impl ConsumerContext for CarflowContext {
                     partitions = tps.len(),
                     "kafka rebalance: partitions assigned"
                 );
-                self.events
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(SourceEvent::Assigned(tps));
+                self.push(SourceEvent::Assigned(tps));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
             Rebalance::Revoke(_) => {}
         }
     }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _o: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Not fatal: positions only say where a restart resumes; the ledger skips replays.
+            tracing::debug!(error = %e, "position commit failed; the next batch commits again");
+        }
+    }
+}
+
+impl CarflowContext {
+    fn push(&self, e: SourceEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
+    }
 }
 
 /// A consumer-group member reading one topic.
 pub struct KafkaSource {
-    consumer: StreamConsumer<CarflowContext>,
+    consumer: Arc<StreamConsumer<CarflowContext>>,
+    topic: Arc<str>,
     topics: HashMap<String, Arc<str>>,
+    view: Option<(Instant, TopicView)>,
+    errors: Counter,
+    backoff: Duration,
 }
 
 impl std::fmt::Debug for KafkaSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSource")
-            .field("topics", &self.topics.keys())
+            .field("topic", &self.topic)
             .finish()
     }
 }
@@ -136,9 +165,34 @@ pub fn consumer_settings(c: &KafkaConfig) -> BTreeMap<String, String> {
     s
 }
 
+/// Does this consumer error need a person (the source gives up), or will it pass?
+fn needs_a_person(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    match e {
+        KafkaError::MessageConsumptionFatal(_) | KafkaError::ClientConfig(..) => true,
+        KafkaError::MessageConsumption(code) | KafkaError::Global(code) => matches!(
+            code,
+            C::Fatal
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+                | C::InvalidConfig
+        ),
+        _ => false,
+    }
+}
+
 impl KafkaSource {
     /// Join the group and subscribe to the configured topic.
     pub fn new(c: &KafkaConfig) -> Result<Self, SourceError> {
+        Self::with_error_counter(c, Counter::default())
+    }
+
+    /// [`KafkaSource::new`], counting every error it rides out in `errors` (e.g. the engine's
+    /// `carflow_errors_total{sink="source"}`).
+    pub fn with_error_counter(c: &KafkaConfig, errors: Counter) -> Result<Self, SourceError> {
         let mut cc = ClientConfig::new();
         for (k, v) in consumer_settings(c) {
             cc.set(k, v);
@@ -146,11 +200,20 @@ impl KafkaSource {
         let context = CarflowContext {
             events: Mutex::new(Vec::new()),
             lag: AtomicI64::new(0),
+            errors: errors.clone(),
         };
         let consumer: StreamConsumer<CarflowContext> = cc.create_with_context(context)?;
         consumer.subscribe(&[c.topic.as_str()])?;
-        let topics = HashMap::from([(c.topic.clone(), Arc::from(c.topic.as_str()))]);
-        Ok(Self { consumer, topics })
+        let topic: Arc<str> = Arc::from(c.topic.as_str());
+        let topics = HashMap::from([(c.topic.clone(), Arc::clone(&topic))]);
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            topic,
+            topics,
+            view: None,
+            errors,
+            backoff: Duration::from_millis(100),
+        })
     }
 
     fn topic(&mut self, name: &str) -> Arc<str> {
@@ -163,48 +226,45 @@ impl KafkaSource {
 
 impl Source for KafkaSource {
     async fn next_message(&mut self) -> Result<Option<Message>, SourceError> {
-        let m = self.consumer.recv().await?;
-        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
-        let timestamp_ms = m.timestamp().to_millis();
-        let payload = m.payload().map(<[u8]>::to_vec);
-        drop(m);
-        Ok(Some(Message {
-            topic: self.topic(&topic),
-            partition,
-            offset,
-            timestamp_ms,
-            payload,
-        }))
+        loop {
+            let e = match self.consumer.recv().await {
+                Ok(m) => {
+                    self.backoff = Duration::from_millis(100);
+                    let (topic, partition, offset) =
+                        (m.topic().to_string(), m.partition(), m.offset());
+                    let timestamp_ms = m.timestamp().to_millis();
+                    let payload = m.payload().map(<[u8]>::to_vec);
+                    drop(m);
+                    return Ok(Some(Message {
+                        topic: self.topic(&topic),
+                        partition,
+                        offset,
+                        timestamp_ms,
+                        payload,
+                    }));
+                }
+                Err(e) => e,
+            };
+            if needs_a_person(&e) {
+                return Err(SourceError::Kafka(e));
+            }
+            self.errors.inc();
+            tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64,
+                "kafka consumer error; waiting it out (the engine keeps running)");
+            tokio::time::sleep(self.backoff).await;
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     async fn commit(&mut self, commits: &[PartitionCommit]) -> Result<(), SourceError> {
         let mut tpl = TopicPartitionList::new();
         for c in commits {
-            tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.next_offset))?;
-            if let Some(mut e) = tpl.find_partition(&c.topic, c.partition) {
-                e.set_metadata(c.metadata.clone());
-            }
+            tpl.add_partition_offset(&c.tp.topic, c.tp.partition, Offset::Offset(c.next_offset))?;
         }
-        // The commit is a network round trip: keep it off the async workers.
-        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))?;
+        // Asynchronous: the result arrives in the commit callback (a failed commit only means a
+        // replay after a restart, which the ledger skips).
+        self.consumer.commit(&tpl, CommitMode::Async)?;
         Ok(())
-    }
-
-    async fn committed(
-        &mut self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<(i64, String)>, SourceError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, partition);
-        let got =
-            tokio::task::block_in_place(|| self.consumer.committed_offsets(tpl, REQUEST_TIMEOUT))?;
-        Ok(got
-            .find_partition(topic, partition)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some((o, e.metadata().to_string())),
-                _ => None,
-            }))
     }
 
     fn take_events(&mut self) -> Vec<SourceEvent> {
@@ -228,8 +288,144 @@ impl Source for KafkaSource {
             .is_empty()
     }
 
+    async fn topic_view(&mut self, max_age: Duration) -> Result<TopicView, SourceError> {
+        if let Some((at, view)) = &self.view
+            && at.elapsed() < max_age
+        {
+            return Ok(view.clone());
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let topic = Arc::clone(&self.topic);
+        let known_id = self
+            .view
+            .as_ref()
+            .and_then(|(_, v)| v.ids.get(&topic).cloned());
+        let fetched = tokio::task::spawn_blocking(move || fetch_view(&consumer, &topic, known_id))
+            .await
+            .map_err(|e| SourceError::Config(format!("topic view task: {e}")))?;
+        match fetched {
+            Ok(view) => {
+                self.view = Some((Instant::now(), view.clone()));
+                Ok(view)
+            }
+            Err(e) => {
+                // Keep using the last view while the broker is away.
+                self.errors.inc();
+                match &self.view {
+                    Some((_, v)) => {
+                        tracing::debug!(error = %e, "topic view refresh failed; using the last one");
+                        Ok(v.clone())
+                    }
+                    None => Err(SourceError::Kafka(e)),
+                }
+            }
+        }
+    }
+
     fn lag(&self) -> Option<i64> {
         Some(self.consumer.context().lag.load(Ordering::Relaxed))
+    }
+}
+
+fn fetch_view(
+    consumer: &StreamConsumer<CarflowContext>,
+    topic: &Arc<str>,
+    known_id: Option<String>,
+) -> Result<TopicView, KafkaError> {
+    let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    let mut view = TopicView::default();
+    let Some(t) = md.topics().iter().find(|t| t.name() == &**topic) else {
+        return Ok(view);
+    };
+    for p in t.partitions() {
+        let (_, high) = consumer.fetch_watermarks(topic, p.id(), REQUEST_TIMEOUT)?;
+        view.ends
+            .insert(TopicPartition::new(Arc::clone(topic), p.id()), high);
+    }
+    let id = match topic_id(consumer.client().native_ptr(), topic) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot describe the topic's id");
+            known_id
+        }
+    };
+    if let Some(id) = id {
+        view.ids.insert(Arc::clone(topic), id);
+    }
+    Ok(view)
+}
+
+/// Kafka's id of `topic` (base64, as Kafka's tools print it), through librdkafka's DescribeTopics
+/// (the rdkafka crate does not wrap it).
+fn topic_id(rk: *mut rdkafka::bindings::rd_kafka_t, topic: &str) -> Result<String, String> {
+    use rdkafka::bindings as rd;
+    let name = CString::new(topic).map_err(|e| e.to_string())?;
+    // SAFETY: every pointer passed to librdkafka below is either created here and destroyed
+    // before returning, or (`rk`) owned by a live client for the duration of the call. Results
+    // are read only while the event that owns them is alive.
+    unsafe {
+        let mut names = [name.as_ptr()];
+        let collection = rd::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), 1);
+        let queue = rd::rd_kafka_queue_new(rk);
+        let options = rd::rd_kafka_AdminOptions_new(
+            rk,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS,
+        );
+        let mut errstr = [0 as std::ffi::c_char; 256];
+        rd::rd_kafka_AdminOptions_set_request_timeout(
+            options,
+            REQUEST_TIMEOUT.as_millis() as i32,
+            errstr.as_mut_ptr(),
+            errstr.len(),
+        );
+        rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
+        let event = rd::rd_kafka_queue_poll(queue, REQUEST_TIMEOUT.as_millis() as i32 + 1_000);
+        let out = if event.is_null() {
+            Err("DescribeTopics timed out".to_string())
+        } else if rd::rd_kafka_event_error(event)
+            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        {
+            let msg = rd::rd_kafka_event_error_string(event);
+            Err(if msg.is_null() {
+                "DescribeTopics failed".to_string()
+            } else {
+                CStr::from_ptr(msg).to_string_lossy().into_owned()
+            })
+        } else {
+            let result = rd::rd_kafka_event_DescribeTopics_result(event);
+            let mut n = 0usize;
+            let topics = rd::rd_kafka_DescribeTopics_result_topics(result, &mut n);
+            let mut found = Err(format!("topic {topic} not described"));
+            for i in 0..n {
+                let d = *topics.add(i);
+                let err = rd::rd_kafka_TopicDescription_error(d);
+                if !err.is_null()
+                    && rd::rd_kafka_error_code(err)
+                        != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                {
+                    found = Err(format!(
+                        "topic {topic}: error {:?}",
+                        rd::rd_kafka_error_code(err)
+                    ));
+                    continue;
+                }
+                let uuid = rd::rd_kafka_TopicDescription_topic_id(d);
+                if !uuid.is_null() {
+                    let s = rd::rd_kafka_Uuid_base64str(uuid);
+                    if !s.is_null() {
+                        found = Ok(CStr::from_ptr(s).to_string_lossy().into_owned());
+                    }
+                }
+            }
+            found
+        };
+        if !event.is_null() {
+            rd::rd_kafka_event_destroy(event);
+        }
+        rd::rd_kafka_AdminOptions_destroy(options);
+        rd::rd_kafka_queue_destroy(queue);
+        rd::rd_kafka_TopicCollection_destroy(collection);
+        out
     }
 }
 

@@ -1,11 +1,16 @@
 //! [`MemorySource`]: a fixed list of messages as a source, for tests and benchmarks.
 //!
-//! Commits are recorded so a test can check what the pipeline made durable and when.
+//! Commits are recorded so a test can check what the pipeline made durable and when. A test can
+//! ask for rebalances after given numbers of delivered messages: every partition is revoked and
+//! assigned again, and delivery resumes from a committed position, as Kafka does — the one before
+//! the last, as when the last asynchronous commit had not landed yet.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
 
-use super::{Message, PartitionCommit, Source, SourceError, SourceEvent};
+use super::{
+    Message, PartitionCommit, Source, SourceError, SourceEvent, TopicPartition, TopicView,
+};
 
 /// Messages served from memory, in order.
 #[derive(Debug, Default)]
@@ -17,12 +22,11 @@ pub struct MemorySource {
     events: Vec<SourceEvent>,
     /// Every commit call, in order.
     pub commits: Vec<Vec<PartitionCommit>>,
-    metadata: HashMap<(String, i32), (i64, String)>,
-    announced: HashSet<(Arc<str>, i32)>,
+    announced: bool,
 }
 
 impl MemorySource {
-    /// A source that yields `messages` and then ends.
+    /// Serve `messages` in order, every partition assigned at the start.
     pub fn new(messages: Vec<Message>) -> Self {
         Self {
             queue: messages.clone().into(),
@@ -31,75 +35,64 @@ impl MemorySource {
         }
     }
 
-    /// After delivering each of these message counts, act like a consumer-group rebalance that
-    /// gives every partition back: revoke and assign all of them (reported inside the next
-    /// receive, as librdkafka does) and re-deliver each partition from its committed offset.
+    /// Revoke and re-assign every partition after these counts of delivered messages.
     pub fn with_rebalances(mut self, after: Vec<usize>) -> Self {
         self.rebalance_at = after;
         self
     }
 
-    fn rebalance(&mut self) {
-        let committed = self.committed_positions();
-        let tps: Vec<(Arc<str>, i32)> = self
+    fn partitions(&self) -> Vec<TopicPartition> {
+        let mut tps: Vec<TopicPartition> = self
             .all
             .iter()
-            .map(|m| (Arc::clone(&m.topic), m.partition))
-            .collect::<HashSet<_>>()
+            .map(Message::topic_partition)
+            .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        tps.sort();
+        tps
+    }
+
+    fn rebalance(&mut self) {
+        let landed = self.commits.len().saturating_sub(1);
+        let mut committed: HashMap<TopicPartition, i64> = HashMap::new();
+        for c in self.commits[..landed].iter().flatten() {
+            committed.insert(c.tp.clone(), c.next_offset);
+        }
+        let tps = self.partitions();
         self.events.push(SourceEvent::Revoked(tps.clone()));
         self.events.push(SourceEvent::Assigned(tps));
-        let from = |m: &Message| {
-            committed
-                .get(&(m.topic.to_string(), m.partition))
-                .copied()
-                .unwrap_or(0)
-        };
         self.queue = self
             .all
             .iter()
-            .filter(|m| m.offset >= from(m))
+            .filter(|m| m.offset >= committed.get(&m.topic_partition()).copied().unwrap_or(0))
             .cloned()
             .collect();
     }
 
-    /// Like a consumer restarting from committed positions: each partition starts at its last
-    /// committed offset, and that commit's metadata is what [`Source::committed`] gives.
+    /// A source over `messages` that starts where `commits` (of an earlier run) left off.
     pub fn resume(messages: Vec<Message>, commits: &[Vec<PartitionCommit>]) -> Self {
-        let mut metadata = HashMap::new();
-        let mut start: HashMap<(String, i32), i64> = HashMap::new();
+        let mut start: HashMap<TopicPartition, i64> = HashMap::new();
         for c in commits.iter().flatten() {
-            start.insert((c.topic.to_string(), c.partition), c.next_offset);
-            metadata.insert(
-                (c.topic.to_string(), c.partition),
-                (c.next_offset, c.metadata.clone()),
-            );
+            start.insert(c.tp.clone(), c.next_offset);
         }
         let queue = messages
             .iter()
-            .filter(|m| {
-                m.offset
-                    >= start
-                        .get(&(m.topic.to_string(), m.partition))
-                        .copied()
-                        .unwrap_or(0)
-            })
+            .filter(|m| m.offset >= start.get(&m.topic_partition()).copied().unwrap_or(0))
             .cloned()
             .collect();
         Self {
             queue,
             all: messages,
-            metadata,
             ..Self::default()
         }
     }
 
-    /// The last committed position of each partition.
-    pub fn committed_positions(&self) -> HashMap<(String, i32), i64> {
+    /// The last committed position of every partition.
+    pub fn committed_positions(&self) -> HashMap<TopicPartition, i64> {
         let mut out = HashMap::new();
         for c in self.commits.iter().flatten() {
-            out.insert((c.topic.to_string(), c.partition), c.next_offset);
+            out.insert(c.tp.clone(), c.next_offset);
         }
         out
     }
@@ -121,40 +114,28 @@ impl Source for MemorySource {
     }
 
     async fn commit(&mut self, commits: &[PartitionCommit]) -> Result<(), SourceError> {
-        for c in commits {
-            self.metadata.insert(
-                (c.topic.to_string(), c.partition),
-                (c.next_offset, c.metadata.clone()),
-            );
-        }
         self.commits.push(commits.to_vec());
         Ok(())
     }
 
-    async fn committed(
-        &mut self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<(i64, String)>, SourceError> {
-        Ok(self.metadata.get(&(topic.to_string(), partition)).cloned())
+    fn take_events(&mut self) -> Vec<SourceEvent> {
+        if !self.announced {
+            self.announced = true;
+            self.events
+                .insert(0, SourceEvent::Assigned(self.partitions()));
+        }
+        std::mem::take(&mut self.events)
     }
 
-    fn take_events(&mut self) -> Vec<SourceEvent> {
-        if !self.events.is_empty() {
-            return std::mem::take(&mut self.events);
+    async fn topic_view(&mut self, _max_age: Duration) -> Result<TopicView, SourceError> {
+        let mut ends: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        for m in &self.all {
+            let e = ends.entry(m.topic_partition()).or_insert(0);
+            *e = (*e).max(m.offset + 1);
         }
-        let new: Vec<_> = self
-            .queue
-            .iter()
-            .map(|m| (Arc::clone(&m.topic), m.partition))
-            .filter(|tp| !self.announced.contains(tp))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        if new.is_empty() {
-            return Vec::new();
-        }
-        self.announced.extend(new.iter().cloned());
-        vec![SourceEvent::Assigned(new)]
+        Ok(TopicView {
+            ends,
+            ids: BTreeMap::new(),
+        })
     }
 }

@@ -1,17 +1,50 @@
-//! Sources: where messages come from.
+//! Sources: where messages come from, and the vocabulary every later stage speaks.
 //!
-//! A [`Source`] hands out raw [`Message`]s one at a time and makes offsets durable when the
-//! pipeline tells it to (after every sink is durable). Two implementations exist: the in-process
-//! [`generator::GeneratorSource`] (the embedded demo, tests, benchmarks) and
-//! [`kafka::KafkaSource`] (a consumer group on real Kafka). The micro-batcher
-//! ([`crate::batcher`]) turns the message stream into bounded batches.
+//! A [`Source`] hands out raw [`Message`]s one at a time and makes positions durable when the
+//! pipeline tells it to (after every sink is durable). Three implementations exist: the in-process
+//! [`generator::GeneratorSource`] (the embedded demo, benchmarks), [`memory::MemorySource`] (tests)
+//! and [`kafka::KafkaSource`] (a consumer group on real Kafka). The micro-batcher
+//! ([`crate::batcher`]) turns the message stream into bounded batches; a message that cannot become
+//! a row becomes a [`DeadLetter`] that keeps its origin.
+//!
+//! Positions are a convenience for monitoring and for where a restart resumes reading: what the
+//! lake and the windows hold is decided by the offset ledger kept beside the data
+//! ([`crate::ledger`]), so a position committed late, or not at all, only means a replay that the
+//! ledger skips.
 
 pub mod generator;
 pub mod kafka;
 pub mod memory;
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// The partition `partition` of `topic`.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
 
 /// One raw message and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,34 +66,86 @@ impl Message {
     pub fn size(&self) -> usize {
         self.payload.as_ref().map_or(0, Vec::len)
     }
+
+    /// The partition this message belongs to.
+    pub fn topic_partition(&self) -> TopicPartition {
+        TopicPartition {
+            topic: Arc::clone(&self.topic),
+            partition: self.partition,
+        }
+    }
+}
+
+/// A message that could not go where it was meant to, with the reason and where it came from.
+///
+/// Most dead letters are messages that do not decode (`transform` is `None`); the others are rows a
+/// transform could not process (an integer division by zero, an overflow): they are missing from
+/// that transform's output only, and `transform` names it (`lake.age_ratio`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Topic of the message.
+    pub topic: Arc<str>,
+    /// Partition of the message.
+    pub partition: i32,
+    /// Offset of the message.
+    pub offset: i64,
+    /// Broker timestamp of the message, if any.
+    pub timestamp_ms: Option<i64>,
+    /// Why it was refused, in words a person can act on.
+    pub reason: String,
+    /// The message as received (possibly truncated to a bounded size by the sink).
+    pub payload: Vec<u8>,
+    /// The transform that could not take it (`lake.<dataset>` or `influx.<measurement>`), or
+    /// `None` when the message did not decode.
+    pub transform: Option<String>,
+}
+
+impl DeadLetter {
+    /// A message that did not decode, with the reason.
+    pub fn undecodable(m: &Message, reason: String) -> Self {
+        Self {
+            topic: Arc::clone(&m.topic),
+            partition: m.partition,
+            offset: m.offset,
+            timestamp_ms: m.timestamp_ms,
+            reason,
+            payload: m.payload.clone().unwrap_or_default(),
+            transform: None,
+        }
+    }
+
+    /// The partition it came from.
+    pub fn topic_partition(&self) -> TopicPartition {
+        TopicPartition {
+            topic: Arc::clone(&self.topic),
+            partition: self.partition,
+        }
+    }
 }
 
 /// What a source commits for one partition once every sink has made the data durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionCommit {
-    /// Topic of the partition.
-    pub topic: Arc<str>,
     /// The partition.
-    pub partition: i32,
+    pub tp: TopicPartition,
     /// The next offset to read after a restart (Kafka's convention: last processed + 1).
     pub next_offset: i64,
-    /// Small opaque state restored with the offset after a restart (the event-time high-water).
-    pub metadata: String,
 }
 
 /// A change in which partitions this process owns (a consumer-group rebalance).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
     /// These partitions were taken away; state held for them must be dropped.
-    Revoked(Vec<(Arc<str>, i32)>),
+    Revoked(Vec<TopicPartition>),
     /// These partitions were given to this process.
-    Assigned(Vec<(Arc<str>, i32)>),
+    Assigned(Vec<TopicPartition>),
 }
 
 /// Errors a source reports.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The broker or client failed; the pipeline retries.
+    /// The broker or client failed in a way that does not go away by waiting (the source rides
+    /// out every other error itself: brokers down, transport errors, rebalances).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     /// The source's configuration cannot work.
@@ -68,26 +153,30 @@ pub enum SourceError {
     Config(String),
 }
 
-/// A stream of messages with durable offsets.
+/// What the source knows of every partition of the topics it reads, owned or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicView {
+    /// The end (high watermark: the next offset to be written) of every partition.
+    pub ends: BTreeMap<TopicPartition, i64>,
+    /// A stable identity of each topic that changes when a topic is deleted and created again
+    /// (Kafka's topic id), when the source knows one.
+    pub ids: BTreeMap<Arc<str>, String>,
+}
+
+/// A stream of messages with durable positions.
 pub trait Source: Send {
     /// The next message, or `None` once a bounded source is exhausted. Must be cancel-safe:
-    /// the batcher drops this future when the linger time runs out.
+    /// the batcher drops this future when the linger time runs out. Transient trouble (a broker
+    /// restarting) is waited out here; only errors that need a person are returned.
     fn next_message(&mut self)
     -> impl Future<Output = Result<Option<Message>, SourceError>> + Send;
 
-    /// Make these positions durable. Called only after every sink has made everything before
-    /// them durable.
+    /// Record these positions (where a restart resumes reading). Called only after every sink
+    /// has made everything before them durable.
     fn commit(
         &mut self,
         commits: &[PartitionCommit],
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
-
-    /// The position and metadata stored by the last [`Source::commit`] of this partition, if any.
-    fn committed(
-        &mut self,
-        topic: &str,
-        partition: i32,
-    ) -> impl Future<Output = Result<Option<(i64, String)>, SourceError>> + Send;
 
     /// Ownership changes since the last call (consumer-group rebalances).
     fn take_events(&mut self) -> Vec<SourceEvent> {
@@ -98,6 +187,13 @@ pub trait Source: Send {
     fn has_events(&self) -> bool {
         false
     }
+
+    /// Every partition of the topics read and where each ends (owned by this process or not),
+    /// refreshed at most every `max_age`. Window watermarks are taken over all of them.
+    fn topic_view(
+        &mut self,
+        max_age: std::time::Duration,
+    ) -> impl Future<Output = Result<TopicView, SourceError>> + Send;
 
     /// Messages between the current position and the end of the owned partitions, if known.
     fn lag(&self) -> Option<i64> {

@@ -5,13 +5,16 @@
 //! with DataFusion's SQL parser and planned once; a file that does not parse or plan is refused
 //! with its file name, line and column and the planner's message ([`QueryError`]), and the other
 //! files go on. Sink roots come from configuration, never from SQL, so the same files run in the
-//! demo and in production. [`TransformSet::reload`] picks up added, changed and removed files at a
-//! batch boundary; a changed file that no longer plans keeps its previous version running.
+//! demo and in production. [`TransformSet::reload`] picks up added, changed, renamed and removed
+//! files at a batch boundary: the whole new set is checked at once (so renaming a file is not a
+//! clash with its old name), each new or changed transform must also pass the caller's [`Gate`]
+//! (the pipeline checks a lake dataset's shape against what the lake holds and runs the transform
+//! on sample rows), and a changed file that is refused keeps its previous version running.
 
+pub mod isolate;
 pub mod slot;
-pub mod window;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,10 +30,10 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Spanned, Statement, Table
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+use crate::line_protocol::PointMapping;
 use crate::schema::{SOURCE_TABLE, source_schema};
-use crate::sink::line_protocol::PointMapping;
+use crate::windows::{self as window, Windowing};
 use slot::SlotTable;
-use window::Windowing;
 
 /// A query file that cannot run, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +99,8 @@ pub struct Transform {
     pub select: String,
     /// Columns it outputs.
     pub schema: SchemaRef,
+    /// Line and column of the statement in its file.
+    pub at: (u64, u64),
 }
 
 impl Transform {
@@ -107,6 +112,23 @@ impl Transform {
         }
     }
 
+    /// A fingerprint of what the transform computes (its target and normalized SELECT): state
+    /// kept for one version is not reused by another.
+    pub fn fingerprint(&self) -> String {
+        // FNV-1a: stable across builds and Rust versions (state outlives a binary).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self
+            .target_name()
+            .bytes()
+            .chain([0])
+            .chain(self.select.bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
     /// Run the plan on whatever the planner's slot holds now.
     pub async fn execute(&self, ctx: &SessionContext) -> Result<Vec<RecordBatch>, DataFusionError> {
         ctx.execute_logical_plan(self.plan.clone())
@@ -116,19 +138,14 @@ impl Transform {
     }
 }
 
-/// Plans transforms and holds the two `transactions` tables they run against: the current
-/// micro-batch (lake transforms, per-row Influx transforms) and the rows of the open windows
-/// (windowed Influx transforms).
+/// Plans transforms and holds the `transactions` table they run against: the rows of the
+/// current micro-batch (or of a part of it) put in the slot before each run.
 #[derive(Clone)]
 pub struct Planner {
     /// Context whose `transactions` is [`Planner::batch`].
     pub batch_ctx: SessionContext,
     /// The current batch.
     pub batch: Arc<SlotTable>,
-    /// Context whose `transactions` is [`Planner::windows`].
-    pub window_ctx: SessionContext,
-    /// The rows of the windows touched by the current batch.
-    pub windows: Arc<SlotTable>,
 }
 
 impl fmt::Debug for Planner {
@@ -149,24 +166,10 @@ impl Planner {
     /// A planner whose `transactions` has the source schema.
     pub fn new() -> Result<Self, DataFusionError> {
         let batch = Arc::new(SlotTable::new(source_schema()));
-        let windows = Arc::new(SlotTable::new(source_schema()));
         Ok(Self {
             batch_ctx: context(&batch)?,
             batch,
-            window_ctx: context(&windows)?,
-            windows,
         })
-    }
-
-    /// The context a transform runs in.
-    pub fn context_for(&self, t: &Transform) -> &SessionContext {
-        match &t.target {
-            Target::Influx {
-                windowing: Windowing::Windowed(_),
-                ..
-            } => &self.window_ctx,
-            _ => &self.batch_ctx,
-        }
     }
 
     /// Parse and plan one file.
@@ -182,7 +185,7 @@ impl Planner {
         let select = parsed.query.to_string();
         let state = self.batch_ctx.state();
         let statement = DfStatement::Statement(Box::new(Statement::Query(parsed.query)));
-        let mut plan = state
+        let plan = state
             .statement_to_plan(statement.clone())
             .await
             .map_err(|e| {
@@ -216,6 +219,26 @@ impl Planner {
                         ));
                     }
                 }
+                let data_fields: Vec<_> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !parsed.partition_by.contains(f.name()))
+                    .cloned()
+                    .collect();
+                crate::sink::lake::check_writable(&Arc::new(arrow::datatypes::Schema::new(
+                    data_fields,
+                )))
+                .map_err(|e| {
+                    at(
+                        line,
+                        col,
+                        format!(
+                            "lake.{}: Parquet cannot store this output ({e}); cast the column to a \
+                             string, number, decimal, boolean, date or timestamp",
+                            parsed.name
+                        ),
+                    )
+                })?;
                 Target::Lake {
                     dataset: parsed.name.clone(),
                     partition_by: parsed.partition_by.clone(),
@@ -264,21 +287,6 @@ impl Planner {
                 ));
             }
         };
-        if matches!(
-            target,
-            Target::Influx {
-                windowing: Windowing::Windowed(_),
-                ..
-            }
-        ) {
-            // Windowed queries read the open windows' rows: plan them against that table.
-            plan = self
-                .window_ctx
-                .state()
-                .statement_to_plan(statement)
-                .await
-                .map_err(|e| at(line, col, clean_message(&e)))?;
-        }
         Ok(Transform {
             file: file.to_path_buf(),
             name,
@@ -286,6 +294,7 @@ impl Planner {
             plan,
             select,
             schema,
+            at: (line, col),
         })
     }
 }
@@ -304,6 +313,11 @@ fn hive_type(t: &DataType) -> bool {
 }
 
 fn validate_dataset(name: &str) -> Result<(), String> {
+    if name == crate::sink::dead_letter::DATASET {
+        return Err(format!(
+            "lake.{name} is reserved for messages that could not be processed; choose another dataset name"
+        ));
+    }
     let ok = !name.is_empty()
         && !name.starts_with('_')
         && name
@@ -464,13 +478,37 @@ fn error_location(e: &DataFusionError, sql: &str) -> Option<(u64, u64)> {
 }
 
 /// Fingerprint of a file for change detection: modification time and length.
-type Stamp = (Option<SystemTime>, u64);
+pub type Stamp = (Option<SystemTime>, u64);
+
+/// A check a new or changed transform must pass before it runs (besides planning).
+pub trait Gate {
+    /// `Err(message)` refuses `t`; `previous` is the version running now, if any.
+    fn check(
+        &mut self,
+        t: &Transform,
+        previous: Option<&Transform>,
+    ) -> impl std::future::Future<Output = Result<(), String>>;
+}
+
+/// A gate that lets everything through (tools that only plan, e.g. `carflow check`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpenGate;
+
+impl Gate for OpenGate {
+    async fn check(&mut self, _t: &Transform, _p: Option<&Transform>) -> Result<(), String> {
+        Ok(())
+    }
+}
 
 /// The transforms currently running, by file.
 #[derive(Debug, Default)]
 pub struct TransformSet {
-    transforms: BTreeMap<PathBuf, (Stamp, Transform)>,
-    refused: BTreeMap<PathBuf, Stamp>,
+    running: BTreeMap<PathBuf, (Stamp, Transform)>,
+    /// The last outcome of planning and gating each file, by stamp (a file is planned once per
+    /// change).
+    tried: BTreeMap<PathBuf, (Stamp, Result<Transform, QueryError>)>,
+    /// Errors already reported, so each is logged once per change.
+    reported: BTreeMap<PathBuf, String>,
 }
 
 /// What [`TransformSet::reload`] changed.
@@ -480,104 +518,195 @@ pub struct ReloadReport {
     pub loaded: Vec<PathBuf>,
     /// Files removed from the directory, no longer running.
     pub removed: Vec<PathBuf>,
-    /// Files that were refused.
+    /// Files refused, reported once per change of the file.
     pub errors: Vec<QueryError>,
+    /// Every file refused now, with its error (whether reported before or not).
+    pub refused: Vec<QueryError>,
 }
 
 impl TransformSet {
     /// The running transforms, ordered by file name.
     pub fn iter(&self) -> impl Iterator<Item = &Transform> {
-        self.transforms.values().map(|(_, t)| t)
+        self.running.values().map(|(_, t)| t)
     }
 
     /// How many transforms are running.
     pub fn len(&self) -> usize {
-        self.transforms.len()
+        self.running.len()
     }
 
     /// True if none is running.
     pub fn is_empty(&self) -> bool {
-        self.transforms.is_empty()
+        self.running.is_empty()
     }
 
-    /// Scan `dir` and plan new or changed `.sql` files; drop removed ones.
-    ///
-    /// Two files may not write the same lake dataset. A file that fails keeps its previous
-    /// version (if any) running and is reported once per change.
-    pub async fn reload(
+    /// Run `t` for `file` as if it had been accepted at stamp `stamp` (the last accepted
+    /// version of a file that is refused now, e.g. after a restart).
+    pub fn run_instead(&mut self, file: PathBuf, stamp: Stamp, t: Transform) {
+        self.running.insert(file, (stamp, t));
+    }
+
+    /// Scan `dir`: plan new or changed `.sql` files, let `gate` check them, and swap in the new
+    /// set; drop removed files. The new set is checked as a whole: two files may not write the
+    /// same lake dataset (the one already running keeps it), and a renamed file simply replaces
+    /// its old name. A file that fails keeps its previous version (if any) running.
+    pub async fn reload<G: Gate>(
         &mut self,
         planner: &Planner,
         dir: &Path,
+        gate: &mut G,
     ) -> Result<ReloadReport, std::io::Error> {
         let mut report = ReloadReport::default();
-        let mut present = HashSet::new();
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "sql") && p.is_file())
             .collect();
         files.sort();
-        for path in files {
-            present.insert(path.clone());
-            let meta = std::fs::metadata(&path)?;
-            let stamp: Stamp = (meta.modified().ok(), meta.len());
-            let known = self
-                .refused
-                .get(&path)
-                .copied()
-                .or_else(|| self.transforms.get(&path).map(|(s, _)| *s));
-            if known == Some(stamp) {
+        let mut stamps = BTreeMap::new();
+        for path in &files {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            stamps.insert(path.clone(), (meta.modified().ok(), meta.len()));
+        }
+        // Plan what changed.
+        for (path, stamp) in &stamps {
+            if self.tried.get(path).is_some_and(|(s, _)| s == stamp) {
                 continue;
             }
-            let sql = std::fs::read_to_string(&path)?;
-            match planner
-                .plan_file(&path, &sql)
-                .await
-                .and_then(|t| self.check_unique(t))
-            {
-                Ok(t) => {
-                    self.refused.remove(&path);
-                    self.transforms.insert(path.clone(), (stamp, t));
-                    report.loaded.push(path);
-                }
-                Err(e) => {
-                    self.refused.insert(path, stamp);
-                    report.errors.push(e);
-                }
-            }
-        }
-        let gone: Vec<PathBuf> = self
-            .transforms
-            .keys()
-            .filter(|p| !present.contains(*p))
-            .cloned()
-            .collect();
-        for p in gone {
-            self.transforms.remove(&p);
-            report.removed.push(p);
-        }
-        self.refused.retain(|p, _| present.contains(p));
-        Ok(report)
-    }
-
-    fn check_unique(&self, t: Transform) -> Result<Transform, QueryError> {
-        if let Target::Lake { dataset, .. } = &t.target {
-            let other = self.iter().find(|o| {
-                o.file != t.file
-                    && matches!(&o.target, Target::Lake { dataset: d, .. } if d == dataset)
-            });
-            if let Some(o) = other {
-                return Err(QueryError {
-                    file: t.file.clone(),
+            let outcome = match std::fs::read_to_string(path) {
+                Ok(sql) => planner.plan_file(path, &sql).await,
+                Err(e) => Err(QueryError {
+                    file: path.clone(),
                     line: 1,
                     column: 1,
-                    message: format!(
-                        "lake.{dataset} is already written by {}; one file per dataset",
-                        o.file.display()
-                    ),
-                });
+                    message: format!("cannot read the file: {e}"),
+                }),
+            };
+            self.tried.insert(path.clone(), (*stamp, outcome));
+        }
+        self.tried.retain(|p, _| stamps.contains_key(p));
+        // The candidate set: every present file's planned version, else its running version.
+        let mut next: BTreeMap<PathBuf, (Stamp, Transform)> = BTreeMap::new();
+        let mut refused: BTreeMap<PathBuf, QueryError> = BTreeMap::new();
+        for (path, (stamp, outcome)) in &self.tried {
+            match outcome {
+                Ok(t) => {
+                    next.insert(path.clone(), (*stamp, t.clone()));
+                }
+                Err(e) => {
+                    refused.insert(path.clone(), e.clone());
+                    if let Some(running) = self.running.get(path) {
+                        next.insert(path.clone(), running.clone());
+                    }
+                }
             }
         }
-        Ok(t)
+        // One file per lake dataset: a file already running for it keeps it.
+        let mut owner: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for (path, (_, t)) in &next {
+            if let Target::Lake { dataset, .. } = &t.target
+                && self
+                    .running
+                    .get(path)
+                    .is_some_and(|(_, r)| r.target == t.target)
+            {
+                owner.insert(dataset.clone(), path.clone());
+            }
+        }
+        let paths: Vec<PathBuf> = next.keys().cloned().collect();
+        for path in paths {
+            let Some((_, t)) = next.get(&path) else {
+                continue;
+            };
+            let Target::Lake { dataset, .. } = &t.target else {
+                continue;
+            };
+            let dataset = dataset.clone();
+            match owner.get(&dataset) {
+                Some(o) if *o != path => {
+                    let e = QueryError {
+                        file: path.clone(),
+                        line: 1,
+                        column: 1,
+                        message: format!(
+                            "lake.{dataset} is already written by {}; one file per dataset",
+                            o.display()
+                        ),
+                    };
+                    match self.running.get(&path) {
+                        Some(running) => {
+                            next.insert(path.clone(), running.clone());
+                        }
+                        None => {
+                            next.remove(&path);
+                        }
+                    }
+                    refused.insert(path, e);
+                }
+                Some(_) => {}
+                None => {
+                    owner.insert(dataset, path);
+                }
+            }
+        }
+        // The gate, for what would change.
+        let changed: Vec<PathBuf> = next
+            .iter()
+            .filter(|(p, (s, _))| self.running.get(*p).is_none_or(|(rs, _)| rs != s))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in changed {
+            let Some((_, t)) = next.get(&path) else {
+                continue;
+            };
+            let previous = self.running.get(&path).map(|(_, r)| r).or_else(|| {
+                // A renamed file's previous version is the one that wrote its target.
+                self.running
+                    .values()
+                    .map(|(_, r)| r)
+                    .find(|r| r.target_name() == t.target_name() && !stamps.contains_key(&r.file))
+            });
+            if let Err(message) = gate.check(t, previous).await {
+                let e = QueryError {
+                    file: path.clone(),
+                    line: t.at.0,
+                    column: t.at.1,
+                    message,
+                };
+                match self.running.get(&path) {
+                    Some(running) => {
+                        next.insert(path.clone(), running.clone());
+                    }
+                    None => {
+                        next.remove(&path);
+                    }
+                }
+                if let Some((s, _)) = self.tried.get(&path).cloned() {
+                    self.tried.insert(path.clone(), (s, Err(e.clone())));
+                }
+                refused.insert(path, e);
+            } else {
+                report.loaded.push(path.clone());
+            }
+        }
+        for path in self.running.keys() {
+            if !next.contains_key(path) {
+                report.removed.push(path.clone());
+            }
+        }
+        self.running = next;
+        for (path, e) in &refused {
+            if self.reported.get(path) != Some(&e.message) {
+                report.errors.push(e.clone());
+            }
+        }
+        self.reported = refused
+            .iter()
+            .map(|(p, e)| (p.clone(), e.message.clone()))
+            .collect();
+        report.refused = refused.into_values().collect();
+        Ok(report)
     }
 }
 

@@ -10,7 +10,10 @@ fn queries_dir() -> PathBuf {
 async fn every_shipped_query_file_plans() {
     let planner = Planner::new().unwrap();
     let mut set = TransformSet::default();
-    let report = set.reload(&planner, &queries_dir()).await.unwrap();
+    let report = set
+        .reload(&planner, &queries_dir(), &mut OpenGate)
+        .await
+        .unwrap();
     assert!(report.errors.is_empty(), "{:#?}", report.errors);
     let files = std::fs::read_dir(queries_dir()).unwrap().filter(|e| {
         e.as_ref()
@@ -92,7 +95,7 @@ async fn a_bad_file_added_later_leaves_the_running_ones_alone() {
     std::fs::write(dir.path().join("cars.sql"), good).unwrap();
     let mut set = TransformSet::default();
     assert!(
-        set.reload(&planner, dir.path())
+        set.reload(&planner, dir.path(), &mut OpenGate)
             .await
             .unwrap()
             .errors
@@ -103,7 +106,10 @@ async fn a_bad_file_added_later_leaves_the_running_ones_alone() {
         "INSERT INTO lake.x SELECT nope FROM transactions;",
     )
     .unwrap();
-    let r = set.reload(&planner, dir.path()).await.unwrap();
+    let r = set
+        .reload(&planner, dir.path(), &mut OpenGate)
+        .await
+        .unwrap();
     assert_eq!(r.errors.len(), 1);
     assert!(
         r.errors[0].to_string().contains("bad.sql:1:"),
@@ -117,7 +123,10 @@ async fn a_bad_file_added_later_leaves_the_running_ones_alone() {
         "INSERT INTO lake.cars SELECT * FROM nowhere_at_all;",
     )
     .unwrap();
-    let r = set.reload(&planner, dir.path()).await.unwrap();
+    let r = set
+        .reload(&planner, dir.path(), &mut OpenGate)
+        .await
+        .unwrap();
     assert_eq!(r.errors.len(), 1);
     assert_eq!(
         set.iter().next().unwrap().select,
@@ -125,14 +134,17 @@ async fn a_bad_file_added_later_leaves_the_running_ones_alone() {
     );
     // Unchanged broken files are reported once, not every batch.
     assert!(
-        set.reload(&planner, dir.path())
+        set.reload(&planner, dir.path(), &mut OpenGate)
             .await
             .unwrap()
             .errors
             .is_empty()
     );
     std::fs::remove_file(dir.path().join("cars.sql")).unwrap();
-    let r = set.reload(&planner, dir.path()).await.unwrap();
+    let r = set
+        .reload(&planner, dir.path(), &mut OpenGate)
+        .await
+        .unwrap();
     assert_eq!(r.removed.len(), 1);
     assert!(set.is_empty());
 }
@@ -152,11 +164,81 @@ async fn two_files_cannot_write_one_dataset() {
     )
     .unwrap();
     let mut set = TransformSet::default();
-    let r = set.reload(&planner, dir.path()).await.unwrap();
+    let r = set
+        .reload(&planner, dir.path(), &mut OpenGate)
+        .await
+        .unwrap();
     assert_eq!(r.errors.len(), 1);
     assert!(
         r.errors[0].message.contains("already written by"),
         "{}",
         r.errors[0]
     );
+}
+
+#[tokio::test]
+async fn renaming_a_file_moves_its_dataset_with_it() {
+    let planner = Planner::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "INSERT INTO lake.cars SELECT * FROM transactions;";
+    std::fs::write(dir.path().join("cars.sql"), sql).unwrap();
+    let mut set = TransformSet::default();
+    set.reload(&planner, dir.path(), &mut OpenGate)
+        .await
+        .unwrap();
+    std::fs::rename(dir.path().join("cars.sql"), dir.path().join("10_cars.sql")).unwrap();
+    let r = set
+        .reload(&planner, dir.path(), &mut OpenGate)
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(set.len(), 1);
+    let t = set.iter().next().unwrap();
+    assert!(t.file.ends_with("10_cars.sql"));
+    assert_eq!(t.target_name(), "lake.cars");
+    // And back again, after the refusal of a clash was once reported.
+    std::fs::write(dir.path().join("cars.sql"), sql).unwrap();
+    let r = set
+        .reload(&planner, dir.path(), &mut OpenGate)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.errors.len(),
+        1,
+        "two files for one dataset: {:?}",
+        r.errors
+    );
+    std::fs::remove_file(dir.path().join("10_cars.sql")).unwrap();
+    let r = set
+        .reload(&planner, dir.path(), &mut OpenGate)
+        .await
+        .unwrap();
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+    assert!(set.iter().next().unwrap().file.ends_with("cars.sql"));
+}
+
+#[tokio::test]
+async fn the_dead_letter_dataset_is_reserved() {
+    let planner = Planner::new().unwrap();
+    let err = planner
+        .plan_file(
+            Path::new("dl.sql"),
+            "INSERT INTO lake.dead_letters SELECT * FROM transactions;",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("reserved"), "{err}");
+}
+
+#[tokio::test]
+async fn an_output_parquet_cannot_store_is_refused_when_loaded() {
+    let planner = Planner::new().unwrap();
+    let err = planner
+        .plan_file(
+            Path::new("iv.sql"),
+            "INSERT INTO lake.iv SELECT transaction_id, INTERVAL '1 day' AS span FROM transactions;",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("Parquet"), "{err}");
 }

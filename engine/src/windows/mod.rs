@@ -1,16 +1,34 @@
-//! Which event-time window an Influx query aggregates over, read from its logical plan.
+//! Event-time windows of the windowed Influx queries, kept as mergeable partial aggregates.
 //!
 //! An Influx query that aggregates must group by a fixed-width window of an event-time column and
 //! name it `time`: `date_bin(INTERVAL '1 minute', sold_at) AS time` or
-//! `date_trunc('minute', sold_at) AS time`. Knowing the window lets the engine keep the rows of
-//! every open window and rewrite each touched window's whole aggregate after every batch, so a
-//! point is right however many batches its window spans. A query without aggregation maps rows
-//! to points one to one and needs no window.
+//! `date_trunc('minute', sold_at) AS time` ([`analyze`] reads the [`WindowSpec`] from the plan).
+//! A query without aggregation maps rows to points one to one and needs no window.
+//!
+//! For each windowed query, each window and each Kafka partition the engine keeps the *partial
+//! aggregate state* of DataFusion's two-phase aggregation ([`aggregate`]): what
+//! `AggregateMode::Partial` produces over the partition's rows of that window, merged batch after
+//! batch with `AggregateMode::PartialReduce`. A point is the `Final` merge of every partition's
+//! state for its window, so it is exact however many batches, restarts, rebalances and engines
+//! the window spans; memory grows with windows × groups, not with rows. The state of a partition
+//! is committed with the partition's ledger entry ([`state`]), atomically with its lake files.
+//!
+//! **Lateness** ([`watermark`]). A row is late — counted, kept in the lake, left out of its
+//! window — when its window ended at least `allowed_lateness` before the newest event its own
+//! partition had shown before the batch, or when its window was closed already. A window closes
+//! (its state is dropped) when every partition of the topic, owned by this engine or not, has
+//! passed it by the allowed lateness; a partition counts as idle (and stops holding windows open)
+//! only when it has nothing left to read for `idle_timeout`, never because it is unassigned or
+//! unread. Event times are bounded at decode by the wall clock plus `events.max_future`.
+
+pub mod aggregate;
+pub mod state;
+pub mod watermark;
 
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
 use datafusion::scalar::ScalarValue;
 
-use crate::sink::line_protocol::TIME_COLUMN;
+use crate::line_protocol::TIME_COLUMN;
 
 /// A fixed-width event-time window: `[origin + k·width, origin + (k+1)·width)`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -24,9 +42,21 @@ pub struct WindowSpec {
 }
 
 impl WindowSpec {
-    /// Start of the window holding `t_ms`.
+    /// Start of the window holding `t_ms` (saturating at the ends of the i64 range; event times
+    /// are bounded long before that at decode).
     pub fn start_of(&self, t_ms: i64) -> i64 {
-        self.origin_ms + (t_ms - self.origin_ms).div_euclid(self.width_ms) * self.width_ms
+        let (t, o, w) = (
+            i128::from(t_ms),
+            i128::from(self.origin_ms),
+            i128::from(self.width_ms.max(1)),
+        );
+        let start = o + (t - o).div_euclid(w) * w;
+        start.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+
+    /// End of the window starting at `start` (exclusive), saturating.
+    pub fn end_of(&self, start: i64) -> i64 {
+        start.saturating_add(self.width_ms)
     }
 }
 

@@ -1,0 +1,369 @@
+//! One micro-batch, from its messages to its commit.
+//!
+//! In order: apply ownership changes; keep the messages of owned partitions (each offset once);
+//! decode; load the partitions' ledgers; per partition, take the rows the ledger does not hold
+//! yet; run the lake transforms ([`super::lake_step`]) and the per-row Influx transforms
+//! ([`super::points`]), isolating rows a transform cannot take; fold the rows into the open
+//! windows ([`super::windows_step`]); write the per-row points (InfluxDB overwrites a point with
+//! the same series and time, so a replay rewrites the same values); commit every partition's files,
+//! dead letters, progress and window state in one ledger step each; when a commit is fenced, reload
+//! that partition and process the batch again (what was committed is now a replay); write the
+//! points of the windows the batch touched; record the source positions; close windows every
+//! partition has passed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::partitions::{from_offset, max_time, offset_ranges, split_by_partition};
+use super::{Pipeline, PipelineError, Stop};
+use crate::batcher::decode_batch_with;
+use crate::sink::lake::DatasetOutput;
+use crate::source::{DeadLetter, Message, PartitionCommit, Source, TopicPartition};
+use crate::windows::state::PartitionWindows;
+
+/// One partition's share of a batch.
+pub(super) struct PartBatch {
+    pub tp: TopicPartition,
+    /// First offset, last offset and message count of the partition in the batch.
+    pub range: (i64, i64, u64),
+    /// Decoded rows the ledger does not hold yet.
+    pub fresh: Option<RecordBatch>,
+    /// Dead letters of this batch (undecodable messages, rows a transform refused).
+    pub dead: Vec<DeadLetter>,
+    /// Lake transforms' output.
+    pub outputs: Vec<DatasetOutput>,
+    /// Rows given to each lake dataset's transform.
+    pub lake_inputs: BTreeMap<String, u64>,
+    /// Newest event time of the fresh rows, per column.
+    pub max_event: BTreeMap<String, i64>,
+    /// Open windows after this batch (when windowed queries run).
+    pub windows: Option<PartitionWindows>,
+    /// Rows too late for a window.
+    pub late: u64,
+    /// Messages the ledger held already.
+    pub replayed: u64,
+}
+
+impl PartBatch {
+    /// Does this batch hold anything the ledger does not?
+    pub fn is_new(&self, next_offset: i64) -> bool {
+        self.range.1 >= next_offset
+    }
+}
+
+/// Where each message of a batch is, to attach payloads to dead letters.
+pub(super) struct MessageIndex<'a> {
+    messages: &'a [Message],
+    at: HashMap<(i32, i64), usize>,
+}
+
+impl<'a> MessageIndex<'a> {
+    pub fn new(messages: &'a [Message]) -> Self {
+        Self {
+            messages,
+            at: HashMap::new(),
+        }
+    }
+
+    /// A dead letter for the row from `(partition, offset)` that `transform` refused.
+    pub fn refused(
+        &mut self,
+        (partition, offset): (i32, i64),
+        transform: &str,
+        reason: String,
+    ) -> Option<DeadLetter> {
+        if self.at.is_empty() {
+            self.at = self
+                .messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| ((m.partition, m.offset), i))
+                .collect();
+        }
+        let m = &self.messages[*self.at.get(&(partition, offset))?];
+        let mut d = DeadLetter::undecodable(m, reason);
+        d.transform = Some(transform.to_string());
+        Some(d)
+    }
+}
+
+/// The event-time columns the windowed queries use.
+pub(super) fn window_columns<S: Source>(p: &Pipeline<S>) -> Vec<String> {
+    let mut cols: Vec<String> = p
+        .queries
+        .windows
+        .values()
+        .map(|w| w.query.spec.column.clone())
+        .collect();
+    cols.sort();
+    cols.dedup();
+    cols
+}
+
+impl<S: Source> Pipeline<S> {
+    /// Process one batch of messages (see the module docs).
+    pub(super) async fn process(
+        &mut self,
+        messages: &[Message],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let started = Instant::now();
+        loop {
+            let revoked_now = self.apply_events(shutdown).await?;
+            let kept = self.owned_in_order(messages, &revoked_now);
+            if kept.is_empty() {
+                return Ok(());
+            }
+            let bytes: usize = kept.iter().map(Message::size).sum();
+            let decoded = decode_batch_with(&kept, &self.options.rules)
+                .map_err(|e| Stop::Failed(PipelineError::from(e)))?;
+            if let Some(first) = decoded.dead_letters.first() {
+                tracing::warn!(count = decoded.dead_letters.len(), partition = first.partition,
+                    offset = first.offset, reason = %first.reason, "dead letters in batch (first shown)");
+            }
+            let ranges = offset_ranges(&kept);
+            for tp in ranges.keys() {
+                self.ensure_loaded(tp, shutdown).await?;
+            }
+            self.refresh_view().await;
+            for tp in ranges.keys() {
+                self.check_topic_id(tp)?;
+            }
+            let mut parts = self.part_batches(&ranges, &decoded.rows, decoded.dead_letters)?;
+            let mut index = MessageIndex::new(&kept);
+            let decoded_at = Instant::now();
+            self.lake_transforms(&mut parts, &mut index).await?;
+            let mut body = String::new();
+            let row_points = self.row_points(&mut parts, &mut index, &mut body).await?;
+            let touched = self.fold_windows(&mut parts, &mut index).await?;
+            let transformed_at = Instant::now();
+            self.write_influx(&body, shutdown).await?;
+            let fenced = self.commit_parts(&mut parts, shutdown).await?;
+            if !fenced.is_empty() {
+                for tp in fenced {
+                    tracing::warn!(partition = %tp, "the partition's ledger moved on under this engine (another writer); reloading it and processing the batch again");
+                    self.book.owned.remove(&tp);
+                    self.ensure_loaded(&tp, shutdown).await?;
+                    self.heal(std::slice::from_ref(&tp), shutdown).await?;
+                }
+                continue;
+            }
+            let committed_at = Instant::now();
+            let window_points = self.write_windows(touched, shutdown).await?;
+            self.finish_batch(&parts, bytes, row_points + window_points, started)
+                .await;
+            self.close_windows();
+            tracing::debug!(
+                records = kept.len(),
+                rows = decoded.rows.num_rows(),
+                ms = started.elapsed().as_millis() as u64,
+                decode_ms = (decoded_at - started).as_millis() as u64,
+                transform_ms = (transformed_at - decoded_at).as_millis() as u64,
+                commit_ms = (committed_at - transformed_at).as_millis() as u64,
+                windows_ms = committed_at.elapsed().as_millis() as u64,
+                "batch committed"
+            );
+            return Ok(());
+        }
+    }
+
+    /// Messages of partitions this process still owns, in offset order, each offset once, and
+    /// none this ownership already processed (a re-delivery after a rebalance).
+    fn owned_in_order(
+        &self,
+        messages: &[Message],
+        revoked_now: &HashSet<TopicPartition>,
+    ) -> Vec<Message> {
+        let mut kept: Vec<Message> = messages
+            .iter()
+            .filter(|m| {
+                let tp = m.topic_partition();
+                let done = self.book.owned.get(&tp).and_then(|p| p.next_processed);
+                !self.book.revoked.contains(&tp)
+                    && !revoked_now.contains(&tp)
+                    && done.is_none_or(|n| m.offset >= n)
+            })
+            .cloned()
+            .collect();
+        let sorted = kept.windows(2).all(|w| {
+            (&w[0].topic, w[0].partition, w[0].offset) < (&w[1].topic, w[1].partition, w[1].offset)
+        });
+        if !sorted {
+            kept.sort_by(|a, b| {
+                (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset))
+            });
+            kept.dedup_by(|a, b| {
+                a.topic == b.topic && a.partition == b.partition && a.offset == b.offset
+            });
+        }
+        kept
+    }
+
+    /// Refresh the topic view (every partition's end, the topic's id), at most once a second.
+    pub(super) async fn refresh_view(&mut self) {
+        match self
+            .source
+            .topic_view(std::time::Duration::from_secs(1))
+            .await
+        {
+            Ok(v) => {
+                self.book.view = v;
+                self.health.set("source", None);
+            }
+            Err(e) => {
+                self.metrics.error("source");
+                tracing::warn!(error = %e, "cannot read the topic's partitions; using the last view");
+            }
+        }
+    }
+
+    /// Split the batch per partition: fresh rows, their dead letters, replays.
+    fn part_batches(
+        &mut self,
+        ranges: &BTreeMap<TopicPartition, (i64, i64, u64)>,
+        rows: &RecordBatch,
+        dead: Vec<DeadLetter>,
+    ) -> Result<Vec<PartBatch>, Stop> {
+        let groups = split_by_partition(rows)?;
+        let mut dead_by: HashMap<TopicPartition, Vec<DeadLetter>> = HashMap::new();
+        for d in dead {
+            dead_by.entry(d.topic_partition()).or_default().push(d);
+        }
+        let columns = window_columns(self);
+        let mut parts = Vec::with_capacity(ranges.len());
+        for (tp, range) in ranges {
+            let from = self.book.owned.get(tp).map_or(0, |o| o.ledger.next_offset);
+            let fresh = groups
+                .get(tp)
+                .map(|r| from_offset(r, from))
+                .transpose()?
+                .filter(|r| r.num_rows() > 0);
+            let dead: Vec<DeadLetter> = dead_by
+                .remove(tp)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| d.offset >= from)
+                .collect();
+            let fresh_count = fresh.as_ref().map_or(0, RecordBatch::num_rows) + dead.len();
+            let mut max_event = BTreeMap::new();
+            if let Some(f) = &fresh {
+                for c in &columns {
+                    if let Some(m) = max_time(f, c)? {
+                        max_event.insert(c.clone(), m);
+                    }
+                }
+            }
+            parts.push(PartBatch {
+                tp: tp.clone(),
+                range: *range,
+                fresh,
+                dead,
+                outputs: Vec::new(),
+                lake_inputs: BTreeMap::new(),
+                max_event,
+                windows: None,
+                late: 0,
+                replayed: range.2.saturating_sub(fresh_count as u64),
+            });
+        }
+        Ok(parts)
+    }
+
+    /// Metrics, summary, health and source positions of a committed batch.
+    async fn finish_batch(
+        &mut self,
+        parts: &[PartBatch],
+        bytes: usize,
+        points: u64,
+        started: Instant,
+    ) {
+        let mut commits = Vec::new();
+        let mut records = 0u64;
+        let mut rows = 0u64;
+        let mut late = 0u64;
+        let mut undecodable = 0u64;
+        for part in parts {
+            records += part.range.2;
+            rows += part.fresh.as_ref().map_or(0, |r| r.num_rows() as u64);
+            late += part.late;
+            if part.replayed > 0 {
+                self.metrics.replayed.inc_by(part.replayed);
+                self.summary.replayed += part.replayed;
+            }
+            for (d, n) in &part.lake_inputs {
+                *self.summary.lake_inputs.entry(d.clone()).or_default() += n;
+            }
+            for d in &part.dead {
+                match &d.transform {
+                    None => undecodable += 1,
+                    Some(t) => {
+                        *self
+                            .summary
+                            .transform_dead_letters
+                            .entry(t.clone())
+                            .or_default() += 1;
+                        self.metrics.transform_dead_letters.inc();
+                    }
+                }
+            }
+            self.summary.dead_letters += part.dead.len() as u64;
+            self.metrics.dead_letters.inc_by(part.dead.len() as u64);
+            if let Some(o) = self.book.owned.get(&part.tp) {
+                commits.push(PartitionCommit {
+                    tp: part.tp.clone(),
+                    next_offset: o.ledger.next_offset.max(part.range.1 + 1),
+                });
+                self.health
+                    .processed(&part.tp.topic, part.tp.partition, part.range.1 + 1);
+            }
+        }
+        let lag = self.source.lag();
+        if self.options.engine_metrics {
+            let mut line = String::new();
+            super::points::engine_point(
+                &mut line,
+                &self.options.engine_id,
+                records,
+                rows,
+                parts.iter().map(|p| p.dead.len()).sum(),
+                late,
+                points,
+                started,
+                lag,
+            );
+            // Best effort: the engine's own metrics never hold a batch back.
+            let _ = self.sinks.influx.write(&line).await;
+        }
+        if let Err(e) = self.source.commit(&commits).await {
+            tracing::warn!(error = %e, "recording source positions failed; the next batch records them again");
+            self.metrics.error("source");
+        }
+        self.summary.records_in += records - parts.iter().map(|p| p.replayed).sum::<u64>();
+        self.summary.rows += rows;
+        self.summary.undecodable += undecodable;
+        self.summary.late_rows += late;
+        self.summary.points += points;
+        self.summary.batches += 1;
+        self.metrics.records_in.inc_by(records);
+        self.metrics.bytes_in.inc_by(bytes as u64);
+        self.metrics.late_rows.inc_by(late);
+        self.metrics.batches.inc();
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.consumer_lag.set(lag.unwrap_or(0));
+        self.metrics.window_rows.set(
+            self.book
+                .owned
+                .values()
+                .map(|o| o.windows.rows() as i64)
+                .sum(),
+        );
+        self.health.committed();
+        let _ = Arc::clone(&self.metrics);
+    }
+}

@@ -1,0 +1,301 @@
+//! The lake step of a batch: every lake transform over each partition's fresh rows (rows a
+//! transform cannot take become dead letters naming it), then each partition's commit — files,
+//! dead letters, event-time progress and window state in one ledger step — all partitions at once,
+//! since on HDFS a commit is bound by round trips, not CPU.
+
+use std::collections::BTreeMap;
+
+use arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{MessageIndex, PartBatch};
+use super::partitions::origins;
+use super::{Pipeline, PipelineError, Stop};
+use crate::ledger::{CommitState, LedgerError, PartitionLedger, Progress};
+use crate::retry::{RetryError, Transient, retry_reporting};
+use crate::sink::dead_letter;
+use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError};
+use crate::source::{Source, TopicPartition};
+use crate::transform::isolate::run_isolating;
+use crate::transform::{Planner, Target, Transform};
+
+/// Run `t` over `rows` in the planner's batch table.
+pub(super) async fn run_on(
+    planner: &Planner,
+    t: &Transform,
+    rows: RecordBatch,
+) -> Result<Vec<RecordBatch>, DataFusionError> {
+    planner.batch.set(vec![rows]);
+    t.execute(&planner.batch_ctx).await
+}
+
+/// One partition's commit, encoded and waiting for its I/O.
+struct Prepared {
+    tp: TopicPartition,
+    next_offset: i64,
+    ledger: PartitionLedger,
+    files: Vec<EncodedFile>,
+    state: CommitState,
+    written: Vec<(String, u64)>,
+}
+
+impl<S: Source> Pipeline<S> {
+    /// Run every lake transform over each partition's fresh rows.
+    pub(super) async fn lake_transforms(
+        &mut self,
+        parts: &mut [PartBatch],
+        index: &mut MessageIndex<'_>,
+    ) -> Result<(), Stop> {
+        let transforms: Vec<Transform> = self
+            .queries
+            .transforms
+            .iter()
+            .filter(|t| matches!(t.target, Target::Lake { .. }))
+            .cloned()
+            .collect();
+        for part in parts.iter_mut() {
+            let Some(fresh) = part.fresh.clone() else {
+                continue;
+            };
+            for t in &transforms {
+                let Target::Lake {
+                    dataset,
+                    partition_by,
+                } = &t.target
+                else {
+                    continue;
+                };
+                let planner = &self.queries.planner;
+                let iso = run_isolating(&fresh, |rows| run_on(planner, t, rows)).await;
+                if iso.all_failed(fresh.num_rows())
+                    && let Some(e) = self
+                        .queries
+                        .canary
+                        .broken(|rows| run_on(planner, t, rows))
+                        .await
+                {
+                    return Err(Stop::Stalled(format!(
+                        "{} ({}) fails on every row, sample rows included: {e}",
+                        t.target_name(),
+                        t.file.display()
+                    )));
+                }
+                let refused = refused_rows(index, &fresh, &iso.poison, t)?;
+                part.dead.extend(refused);
+                *part.lake_inputs.entry(dataset.clone()).or_default() += fresh.num_rows() as u64;
+                part.outputs.push(DatasetOutput {
+                    dataset: dataset.clone(),
+                    partition_by: partition_by.clone(),
+                    batches: iso.outputs,
+                });
+            }
+        }
+        self.queries.planner.batch.set(Vec::new());
+        Ok(())
+    }
+
+    /// Commit every partition of the batch that holds anything new. Returns the partitions whose
+    /// commit was fenced (another writer moved their ledger on).
+    pub(super) async fn commit_parts(
+        &mut self,
+        parts: &mut [PartBatch],
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<TopicPartition>, Stop> {
+        let mut prepared = Vec::new();
+        for part in parts.iter_mut() {
+            if let Some(p) = self.prepare(part)? {
+                prepared.push(p);
+            }
+        }
+        let results = {
+            let (lake, backoff, metrics, health) = (
+                &self.sinks.lake,
+                &self.options.backoff,
+                &self.metrics,
+                &self.health,
+            );
+            let timeout = self.options.lake_timeout;
+            futures::future::join_all(prepared.into_iter().map(|p| async move {
+                let pr = &p;
+                let result = retry_reporting(
+                    "lake commit",
+                    backoff,
+                    shutdown,
+                    |e: &LakeError| {
+                        metrics.error("lake");
+                        if e.is_transient() {
+                            health.set("lake", Some(e.to_string()));
+                        }
+                    },
+                    || {
+                        let (mut ledger, files, state) =
+                            (pr.ledger.clone(), pr.files.clone(), pr.state.clone());
+                        let (tp, next_offset) = (pr.tp.clone(), pr.next_offset);
+                        async move {
+                            match tokio::time::timeout(
+                                timeout,
+                                lake.commit(&mut ledger, next_offset, files, state),
+                            )
+                            .await
+                            {
+                                Ok(r) => r.map(|()| ledger),
+                                Err(_) => Err(LakeError::Ledger(LedgerError::Store {
+                                    path: tp.to_string(),
+                                    source: object_store::Error::Generic {
+                                        store: "lake",
+                                        source: format!(
+                                            "the commit took longer than {}s (lake.timeout)",
+                                            timeout.as_secs()
+                                        )
+                                        .into(),
+                                    },
+                                })),
+                            }
+                        }
+                    },
+                )
+                .await;
+                (p, result)
+            }))
+            .await
+        };
+        let mut fenced = Vec::new();
+        let mut failed = None;
+        for (p, result) in results {
+            match result {
+                Ok(ledger) => {
+                    self.health.set("lake", None);
+                    self.apply(p, ledger, parts);
+                }
+                Err(RetryError::Permanent(LakeError::Ledger(LedgerError::Fenced { .. }))) => {
+                    fenced.push(p.tp);
+                }
+                Err(RetryError::Permanent(e)) => failed = Some(Stop::Failed(e.into())),
+                Err(RetryError::Shutdown(_)) => failed = Some(Stop::Shutdown),
+            }
+        }
+        match failed {
+            Some(stop) => Err(stop),
+            None => Ok(fenced),
+        }
+    }
+
+    /// Encode a partition's commit.
+    fn prepare(&self, part: &PartBatch) -> Result<Option<Prepared>, Stop> {
+        let Some(owned) = self.book.owned.get(&part.tp) else {
+            return Ok(None);
+        };
+        if !part.is_new(owned.ledger.next_offset) {
+            return Ok(None);
+        }
+        let mut outputs = part.outputs.clone();
+        if !part.dead.is_empty() {
+            let now = chrono::Utc::now().timestamp_millis();
+            let refs: Vec<_> = part.dead.iter().collect();
+            outputs.push(dead_letter::output(&refs, now).map_err(PipelineError::from)?);
+        }
+        let first = part.range.0.max(owned.ledger.next_offset);
+        let files = self
+            .sinks
+            .lake
+            .encode(
+                &part.tp,
+                owned.ledger.topic_id.as_deref(),
+                (first, part.range.1),
+                &outputs,
+            )
+            .map_err(PipelineError::from)?;
+        let written = files
+            .iter()
+            .map(|f| (f.dataset.clone(), f.rows as u64))
+            .collect();
+        let mut progress: Progress = owned.progress.clone();
+        for (c, m) in &part.max_event {
+            let e = progress.max_event_ms.entry(c.clone()).or_insert(*m);
+            *e = (*e).max(*m);
+        }
+        let windows = part.windows.as_ref().unwrap_or(&owned.windows);
+        let mut blobs = BTreeMap::new();
+        for (key, state) in &windows.queries {
+            let Some(w) = self.queries.windows.get(key) else {
+                continue;
+            };
+            blobs.insert(
+                key.clone(),
+                state
+                    .to_blob(&w.query, &w.fingerprint)
+                    .map_err(PipelineError::from)?,
+            );
+        }
+        Ok(Some(Prepared {
+            tp: part.tp.clone(),
+            next_offset: part.range.1 + 1,
+            ledger: owned.ledger.clone(),
+            files,
+            state: CommitState {
+                topic_id: owned.ledger.topic_id.clone(),
+                progress,
+                windows: blobs,
+            },
+            written,
+        }))
+    }
+
+    /// Record a partition's successful commit.
+    fn apply(&mut self, p: Prepared, ledger: PartitionLedger, parts: &mut [PartBatch]) {
+        let part = parts.iter_mut().find(|x| x.tp == p.tp);
+        if let Some(o) = self.book.owned.get_mut(&p.tp) {
+            o.ledger = ledger;
+            o.progress = p.state.progress.clone();
+            if let Some(w) = part.and_then(|x| x.windows.take()) {
+                o.windows = w;
+            }
+        }
+        for (dataset, n) in p.written {
+            self.metrics.rows("lake", &dataset, n);
+            if dataset != dead_letter::DATASET {
+                *self.summary.lake_rows.entry(dataset).or_default() += n;
+            }
+        }
+    }
+}
+
+/// Dead letters for the rows (of `rows`, at the indices of `poison`) that `t` could not process.
+pub(super) fn refused_rows(
+    index: &mut MessageIndex<'_>,
+    rows: &RecordBatch,
+    poison: &[(usize, String)],
+    t: &Transform,
+) -> Result<Vec<crate::source::DeadLetter>, Stop> {
+    let mut out = Vec::new();
+    if poison.is_empty() {
+        return Ok(out);
+    }
+    let at = origins(rows)?;
+    for (i, err) in poison {
+        let Some(origin) = at.get(*i) else { continue };
+        let reason = format!(
+            "{} ({}) cannot process this row: {err}",
+            t.target_name(),
+            t.file.display()
+        );
+        tracing::warn!(partition = origin.0, offset = origin.1, %reason, "row refused by a transform: dead letter");
+        if let Some(d) = index.refused(*origin, &t.target_name(), reason) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Give each dead letter to the batch part of its partition.
+pub(super) fn route(parts: &mut [PartBatch], dead: Vec<crate::source::DeadLetter>) {
+    for d in dead {
+        if let Some(p) = parts
+            .iter_mut()
+            .find(|p| p.tp.partition == d.partition && p.tp.topic == d.topic)
+        {
+            p.dead.push(d);
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! The pipeline: source → micro-batch → transforms → lake and InfluxDB → commit.
+//!
+//! One batch at a time ([`batch`]): decode (bad messages become dead letters); per Kafka partition,
+//! run the lake transforms on the rows the lake does not hold yet, isolating rows a transform
+//! cannot take; write per-row Influx points; fold the rows into the partial aggregates of the open
+//! windows; commit each partition's files, dead letters, event-time progress and window state in
+//! one ledger step; then write the points of every window the batch touched, merged over every
+//! partition of the topic; then record the source positions. A sink that is down makes the batch
+//! wait and retry (nothing is committed meanwhile); bad data never stops the pipeline; a transform
+//! that fails for every row stops it, and says so, until the query is fixed.
+//!
+//! The pipeline is owned parts: the [`Queries`] it runs, the [`Sinks`] it writes, the partitions
+//! it knows ([`partitions`]), and the run's [`RunSummary`].
+
+mod batch;
+mod gate;
+mod lake_step;
+pub mod partitions;
+mod points;
+mod queries;
+mod windows_step;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::{BatchEnd, BatchLimits, DecodeRules, collect_batch};
+use crate::config::{Config, OnNewTopic};
+use crate::ledger::{LedgerError, OffsetLedger};
+use crate::metrics::{Health, Metrics};
+use crate::retry::{Backoff, RetryError, Transient, retry_reporting};
+use crate::sink::influx::{InfluxError, InfluxSink, InfluxTarget};
+use crate::sink::lake::{LakeError, LakeSink};
+use crate::source::{Message, Source, SourceError, SourceEvent, TopicPartition, TopicView};
+use crate::transform::QueryError;
+use crate::windows::state::{PartitionWindows, QueryState};
+use crate::windows::watermark::TopicClock;
+pub use gate::{DatasetShape, Records};
+use partitions::{Observed, Owned};
+pub use queries::Queries;
+
+/// Errors that stop the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Query files that do not plan (at start, when none of them can run).
+    #[error("{} query file(s) refused:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Queries(Vec<QueryError>),
+    /// The queries directory cannot be read.
+    #[error(
+        "queries directory {} cannot be read: run from the project directory, or set queries.dir \
+         (CARFLOW_QUERIES_DIR) or --queries",
+        dir.display()
+    )]
+    QueriesDir {
+        /// Directory.
+        dir: PathBuf,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The source failed for good.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The lake failed for good (e.g. a corrupt ledger).
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// The Influx sink cannot work (configuration).
+    #[error(transparent)]
+    Influx(#[from] InfluxError),
+    /// The topic was deleted and created again (or is a mirror): its offsets are not the ones the
+    /// ledger recorded.
+    #[error(
+        "{tp}: the topic id is {now}, but the lake's ledger recorded topic id {was} (the topic was \
+         deleted and created again, or this is another cluster's copy). Its offsets start over, so \
+         they cannot be checked against the ledger. To start a new ledger for the new topic (what \
+         the lake holds stays), set lake.on_new_topic = \"new-ledger\" (CARFLOW_LAKE_ON_NEW_TOPIC); \
+         otherwise point lake.root at another directory"
+    )]
+    TopicChanged {
+        /// The partition.
+        tp: TopicPartition,
+        /// The id the ledger recorded.
+        was: String,
+        /// The id now.
+        now: String,
+    },
+    /// DataFusion failed outside a transform.
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] DataFusionError),
+    /// Arrow failed (an internal error, not bad input).
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+}
+
+impl Transient for LakeError {
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            LakeError::Store { .. } | LakeError::Ledger(LedgerError::Store { .. })
+        )
+    }
+}
+
+impl Transient for LedgerError {
+    fn is_transient(&self) -> bool {
+        matches!(self, LedgerError::Store { .. })
+    }
+}
+
+/// What the pipeline needs beyond its sinks.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Batch limits.
+    pub limits: BatchLimits,
+    /// What a message must satisfy to become a row.
+    pub rules: DecodeRules,
+    /// Directory of `.sql` files.
+    pub queries_dir: PathBuf,
+    /// Pick up query changes at batch boundaries.
+    pub reload_queries: bool,
+    /// Allowed lateness of events.
+    pub lateness: Duration,
+    /// Idle partitions stop holding the watermark after this.
+    pub idle_timeout: Duration,
+    /// Cap on window state rows.
+    pub max_window_rows: usize,
+    /// Backoff of sink retries.
+    pub backoff: Backoff,
+    /// How long one storage operation may take.
+    pub lake_timeout: Duration,
+    /// What to do when the topic's id changed.
+    pub on_new_topic: OnNewTopic,
+    /// Name of this engine process (tag `engine` of the `carflow_engine` measurement).
+    pub engine_id: String,
+    /// Write the engine's own per-batch metrics to the Influx sink.
+    pub engine_metrics: bool,
+}
+
+impl PipelineOptions {
+    /// Options from a configuration.
+    pub fn from_config(c: &Config, engine_id: impl Into<String>) -> Self {
+        Self {
+            limits: BatchLimits::from_config(&c.batch),
+            rules: DecodeRules::from_config(c),
+            queries_dir: c.queries.dir.clone(),
+            reload_queries: c.queries.reload,
+            lateness: c.windows.allowed_lateness.0,
+            idle_timeout: c.windows.idle_timeout.0,
+            max_window_rows: c.windows.max_rows,
+            backoff: Backoff::default(),
+            lake_timeout: c.lake.timeout.0,
+            on_new_topic: c.lake.on_new_topic,
+            engine_id: engine_id.into(),
+            engine_metrics: true,
+        }
+    }
+}
+
+/// Totals of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Messages consumed (each once: replays the lake held are counted in `replayed`).
+    pub records_in: u64,
+    /// Rows that decoded.
+    pub rows: u64,
+    /// Dead letters written (messages that did not decode, and rows a transform could not take).
+    pub dead_letters: u64,
+    /// Of those, messages that did not decode.
+    pub undecodable: u64,
+    /// Rows too late for their window.
+    pub late_rows: u64,
+    /// Messages the lake already held (replays).
+    pub replayed: u64,
+    /// Rows written per lake dataset.
+    pub lake_rows: BTreeMap<String, u64>,
+    /// Rows given to each lake dataset's transform.
+    pub lake_inputs: BTreeMap<String, u64>,
+    /// Rows each transform could not take (dead letters naming it).
+    pub transform_dead_letters: BTreeMap<String, u64>,
+    /// Influx points written.
+    pub points: u64,
+    /// Batches committed.
+    pub batches: u64,
+}
+
+impl RunSummary {
+    /// Does every message add up? Messages = decoded rows + undecodable dead letters, and every
+    /// lake dataset took each decoded row or dead-lettered it. Returns the differences, if any.
+    pub fn discrepancies(&self, datasets_from_start: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.records_in != self.rows + self.undecodable {
+            out.push(format!(
+                "messages in {} ≠ rows {} + undecodable dead letters {}",
+                self.records_in, self.rows, self.undecodable
+            ));
+        }
+        for d in datasets_from_start {
+            let took = self.lake_inputs.get(d).copied().unwrap_or(0);
+            let refused = self
+                .transform_dead_letters
+                .get(&format!("lake.{d}"))
+                .copied()
+                .unwrap_or(0);
+            if took != self.rows {
+                out.push(format!(
+                    "lake.{d} was given {took} rows of {} decoded ({refused} of them dead letters)",
+                    self.rows
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Where the pipeline writes.
+pub struct Sinks {
+    /// The lake (and, beside it, the ledger).
+    pub lake: LakeSink,
+    /// InfluxDB or its line-protocol file.
+    pub influx: InfluxSink,
+}
+
+/// The partitions the pipeline knows.
+#[derive(Debug)]
+pub struct Book {
+    /// Owned now.
+    pub owned: HashMap<TopicPartition, Owned>,
+    /// The others of the topic, as last read from their ledgers.
+    pub observed: HashMap<TopicPartition, Observed>,
+    /// Revoked since the last batch (their messages in a batch are dropped).
+    pub revoked: HashSet<TopicPartition>,
+    /// Watermark bookkeeping.
+    pub clock: TopicClock,
+    /// Every partition of the topic and where it ends, with the topic's id.
+    pub view: TopicView,
+}
+
+/// Why processing stopped.
+enum Stop {
+    Shutdown,
+    Failed(PipelineError),
+    /// A transform fails for every row (and for the sample rows): consumption waits for a fix.
+    Stalled(String),
+}
+
+impl From<PipelineError> for Stop {
+    fn from(e: PipelineError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<ArrowError> for Stop {
+    fn from(e: ArrowError) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+impl From<DataFusionError> for Stop {
+    fn from(e: DataFusionError) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// The running job.
+pub struct Pipeline<S: Source> {
+    source: S,
+    options: PipelineOptions,
+    queries: Queries,
+    sinks: Sinks,
+    book: Book,
+    carry: Option<Message>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    summary: RunSummary,
+}
+
+impl<S: Source> Pipeline<S> {
+    /// Plan every query file; refuse to start only when none can run (all errors listed).
+    pub async fn new(
+        source: S,
+        options: PipelineOptions,
+        sinks: Sinks,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Self, PipelineError> {
+        let queries = Queries::load(&options, sinks.lake.location(), &metrics, &health).await?;
+        let clock = TopicClock::new(options.lateness, options.idle_timeout);
+        Ok(Self {
+            source,
+            options,
+            queries,
+            sinks,
+            book: Book {
+                owned: HashMap::new(),
+                observed: HashMap::new(),
+                revoked: HashSet::new(),
+                clock,
+                view: TopicView::default(),
+            },
+            carry: None,
+            metrics,
+            health,
+            summary: RunSummary::default(),
+        })
+    }
+
+    /// Open the sinks a configuration names and plan its queries.
+    pub async fn from_config(
+        source: S,
+        config: &Config,
+        engine_id: &str,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Self, PipelineError> {
+        let location = crate::storage::Location::open(&config.lake.root).map_err(|e| {
+            PipelineError::Lake(LakeError::Encode {
+                dataset: "lake.root".into(),
+                message: e.to_string(),
+            })
+        })?;
+        let writer = format!(
+            "{}-{}",
+            crate::ledger::safe_segment(engine_id),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let lake = LakeSink::new(location, &writer);
+        let influx = InfluxSink::new(InfluxTarget::from_config(&config.influx))?;
+        let options = PipelineOptions::from_config(config, engine_id);
+        Self::new(source, options, Sinks { lake, influx }, metrics, health).await
+    }
+
+    /// The source (for tests that inspect commits).
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Stop using the pipeline and take its source back.
+    pub fn into_source(self) -> S {
+        self.source
+    }
+
+    /// The running transforms.
+    pub fn transforms(&self) -> &crate::transform::TransformSet {
+        &self.queries.transforms
+    }
+
+    /// Lake datasets written since the start (for accounting at the end of a run).
+    pub fn datasets_from_start(&self) -> &[String] {
+        &self.queries.datasets_from_start
+    }
+
+    /// Run until the source ends or `shutdown` fires; a batch in progress is finished first.
+    pub async fn run(&mut self, shutdown: &CancellationToken) -> Result<RunSummary, PipelineError> {
+        let mut stalled_wait = Duration::from_secs(1);
+        loop {
+            match self.apply_events(shutdown).await {
+                Ok(_) => {}
+                Err(Stop::Shutdown) => break,
+                Err(Stop::Failed(e)) => return Err(e),
+                Err(Stop::Stalled(_)) => {}
+            }
+            let waiting = Instant::now();
+            let (messages, end) = collect_batch(
+                &mut self.source,
+                &self.options.limits,
+                shutdown,
+                &mut self.carry,
+            )
+            .await?;
+            let _ = waiting;
+            if !messages.is_empty() {
+                loop {
+                    match self.process(&messages, shutdown).await {
+                        Ok(()) => {
+                            self.health.set("transform", self.queries.refused_problem());
+                            stalled_wait = Duration::from_secs(1);
+                            break;
+                        }
+                        Err(Stop::Shutdown) => return Ok(self.summary.clone()),
+                        Err(Stop::Failed(e)) => return Err(e),
+                        Err(Stop::Stalled(why)) => {
+                            // Never skip: wait for the query to be fixed (or removed) and try the
+                            // same batch again.
+                            tracing::error!(problem = %why, retry_in_s = stalled_wait.as_secs(),
+                                "consumption stopped: a transform fails for every row; fix or remove the query file");
+                            self.health.set("transform", Some(why));
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Ok(self.summary.clone()),
+                                _ = tokio::time::sleep(stalled_wait) => {}
+                            }
+                            stalled_wait = (stalled_wait * 2).min(Duration::from_secs(30));
+                            self.reload_queries().await;
+                        }
+                    }
+                }
+            }
+            if matches!(end, BatchEnd::SourceExhausted | BatchEnd::Shutdown)
+                || shutdown.is_cancelled()
+            {
+                break;
+            }
+            if self.options.reload_queries {
+                self.reload_queries().await;
+            }
+        }
+        Ok(self.summary.clone())
+    }
+
+    async fn reload_queries(&mut self) {
+        let changed = self
+            .queries
+            .reload(&self.options, &self.metrics, &self.health)
+            .await;
+        if changed {
+            // A changed windowed query starts over: state of another version is not reused.
+            let live = self.queries.window_keys();
+            for o in self.book.owned.values_mut() {
+                o.windows.queries.retain(|k, _| live.contains(k));
+            }
+        }
+    }
+
+    /// Apply ownership changes: drop revoked partitions' state, load assigned ones (and rewrite
+    /// the points of their open windows). Returns the partitions revoked now.
+    async fn apply_events(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<HashSet<TopicPartition>, Stop> {
+        let mut revoked_now = HashSet::new();
+        let mut loaded = Vec::new();
+        for event in self.source.take_events() {
+            match event {
+                SourceEvent::Revoked(tps) => {
+                    for tp in tps {
+                        tracing::info!(partition = %tp, "partition revoked");
+                        self.book.owned.remove(&tp);
+                        self.health.forget(&tp.topic, tp.partition);
+                        self.book.revoked.insert(tp.clone());
+                        revoked_now.insert(tp);
+                    }
+                }
+                SourceEvent::Assigned(tps) => {
+                    for tp in tps {
+                        tracing::info!(partition = %tp, "partition assigned");
+                        self.book.revoked.remove(&tp);
+                        self.book.owned.remove(&tp);
+                        self.ensure_loaded(&tp, shutdown).await?;
+                        loaded.push(tp);
+                    }
+                }
+            }
+        }
+        if !loaded.is_empty() {
+            self.heal(&loaded, shutdown).await?;
+        }
+        Ok(revoked_now)
+    }
+
+    /// Load a partition's ledger and window state, once per ownership.
+    async fn ensure_loaded(
+        &mut self,
+        tp: &TopicPartition,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        if self.book.owned.contains_key(tp) {
+            return Ok(());
+        }
+        let ledger = self.sinks.lake.ledger().clone();
+        let timeout = self.options.lake_timeout;
+        let (metrics, health) = (&self.metrics, &self.health);
+        let loaded = retry_reporting(
+            "lake ledger load",
+            &self.options.backoff,
+            shutdown,
+            |e: &LedgerError| {
+                metrics.error("lake");
+                if e.is_transient() {
+                    health.set("lake", Some(e.to_string()));
+                }
+            },
+            || {
+                let ledger = ledger.clone();
+                let tp = tp.clone();
+                async move { with_timeout(timeout, &tp.to_string(), ledger.load(&tp)).await }
+            },
+        )
+        .await;
+        let (ledger, entry) = match loaded {
+            Ok(l) => l,
+            Err(RetryError::Permanent(e)) => return Err(Stop::Failed(LakeError::from(e).into())),
+            Err(RetryError::Shutdown(_)) => return Err(Stop::Shutdown),
+        };
+        self.health.set("lake", None);
+        let mut windows = PartitionWindows::default();
+        if let Some(entry) = &entry {
+            for (key, blob) in &entry.windows {
+                let Some(w) = self.queries.windows.get(key) else {
+                    continue;
+                };
+                if w.fingerprint != blob.fingerprint {
+                    tracing::info!(partition = %tp, query = %key,
+                        "the committed window state belongs to another version of the query; starting it over");
+                    continue;
+                }
+                match QueryState::from_blob(&w.query, blob) {
+                    Ok(state) => {
+                        windows.queries.insert(key.clone(), state);
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = %tp, query = %key, error = %e,
+                            "cannot read the committed window state; starting it over")
+                    }
+                }
+            }
+        }
+        let progress = entry
+            .as_ref()
+            .map(|e| e.progress.clone())
+            .unwrap_or_default();
+        tracing::info!(partition = %tp, lake_next_offset = ledger.next_offset, seq = ledger.seq,
+            windows = windows.rows(), "partition ready");
+        self.health
+            .own(&tp.topic, tp.partition, Some(ledger.next_offset));
+        self.book.observed.remove(tp);
+        self.book.owned.insert(
+            tp.clone(),
+            Owned {
+                ledger,
+                progress,
+                windows,
+                next_processed: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The topic's id changed under a partition: refuse, or start a new ledger (by policy).
+    fn check_topic_id(&mut self, tp: &TopicPartition) -> Result<(), Stop> {
+        let Some(now) = self.book.view.ids.get(&tp.topic).cloned() else {
+            return Ok(());
+        };
+        let Some(owned) = self.book.owned.get_mut(tp) else {
+            return Ok(());
+        };
+        match owned.ledger.topic_id.clone() {
+            Some(was) if was != now && owned.ledger.seq > 0 => match self.options.on_new_topic {
+                OnNewTopic::Refuse => {
+                    let e = PipelineError::TopicChanged {
+                        tp: tp.clone(),
+                        was,
+                        now,
+                    };
+                    self.health.set("source", Some(e.to_string()));
+                    Err(Stop::Failed(e))
+                }
+                OnNewTopic::NewLedger => {
+                    tracing::warn!(partition = %tp, was = %was, now = %now,
+                        "the topic id changed: starting a new ledger for the new topic at offset 0 (lake.on_new_topic = new-ledger)");
+                    owned.ledger.next_offset = 0;
+                    owned.ledger.topic_id = Some(now);
+                    owned.progress = Default::default();
+                    owned.windows = PartitionWindows::default();
+                    owned.next_processed = None;
+                    Ok(())
+                }
+            },
+            _ => {
+                owned.ledger.topic_id = Some(now);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Run a storage operation with a time limit; a timeout is a transient store error.
+pub(crate) async fn with_timeout<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, LedgerError>>,
+) -> Result<T, LedgerError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(LedgerError::Store {
+            path: what.to_string(),
+            source: object_store::Error::Generic {
+                store: "lake",
+                source: format!("no answer within {}s (lake.timeout)", limit.as_secs()).into(),
+            },
+        }),
+    }
+}
+
+/// Which windows of which queries to rewrite.
+pub(crate) type WindowSet = BTreeMap<String, BTreeSet<i64>>;
+
+/// The ledger an engine commits through (for `carflow` tools).
+pub fn ledger_of(sinks: &Sinks) -> &OffsetLedger {
+    sinks.lake.ledger()
+}

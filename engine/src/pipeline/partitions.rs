@@ -1,0 +1,170 @@
+//! The partitions a pipeline knows: those it owns (ledger, event-time progress, open windows) and
+//! the others of the topic as their owners last committed them (progress and window state read
+//! from their ledger entries); and splitting a batch by partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{filter_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit, TimestampMillisecondType};
+use arrow::error::ArrowError;
+
+use crate::ledger::{LedgerEntry, PartitionLedger, Progress, WindowBlob};
+use crate::schema::{COL_OFFSET, COL_PARTITION, COL_TOPIC};
+use crate::source::{Message, TopicPartition};
+use crate::windows::state::{PartitionWindows, QueryState};
+use crate::windows::watermark::PartitionProgress;
+
+/// A partition this process owns.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    /// Its ledger as committed.
+    pub ledger: PartitionLedger,
+    /// Event-time progress as committed (plus what was closed since).
+    pub progress: Progress,
+    /// Open windows as committed.
+    pub windows: PartitionWindows,
+    /// The next offset this ownership has processed (re-deliveries below it are dropped).
+    pub next_processed: Option<i64>,
+}
+
+impl Owned {
+    /// Its progress in the watermark's terms.
+    pub fn progress_view(&self) -> PartitionProgress {
+        PartitionProgress {
+            next_offset: self.ledger.next_offset,
+            max_event_ms: self.progress.max_event_ms.clone(),
+            closed_before_ms: self.progress.closed_before_ms.clone(),
+        }
+    }
+}
+
+/// A partition of the topic owned by another process (or by nobody right now), as its latest
+/// ledger entry shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Sequence number of the entry read (0: no entry).
+    pub seq: u64,
+    /// Its progress.
+    pub progress: PartitionProgress,
+    /// Its open windows, as committed (decoded on demand).
+    pub blobs: BTreeMap<String, WindowBlob>,
+    /// Decoded window state per query key.
+    pub decoded: HashMap<String, QueryState>,
+}
+
+impl Observed {
+    /// From a ledger entry (or none).
+    pub fn from_entry(entry: Option<LedgerEntry>) -> Self {
+        match entry {
+            None => Self::default(),
+            Some(e) => Self {
+                seq: e.seq,
+                progress: PartitionProgress {
+                    next_offset: e.next_offset,
+                    max_event_ms: e.progress.max_event_ms,
+                    closed_before_ms: e.progress.closed_before_ms,
+                },
+                blobs: e.windows,
+                decoded: HashMap::new(),
+            },
+        }
+    }
+}
+
+/// Per partition of `messages`: (first offset, last offset, message count).
+pub fn offset_ranges(messages: &[Message]) -> BTreeMap<TopicPartition, (i64, i64, u64)> {
+    let mut out: BTreeMap<TopicPartition, (i64, i64, u64)> = BTreeMap::new();
+    for m in messages {
+        out.entry(m.topic_partition())
+            .and_modify(|r| {
+                r.0 = r.0.min(m.offset);
+                r.1 = r.1.max(m.offset);
+                r.2 += 1;
+            })
+            .or_insert((m.offset, m.offset, 1));
+    }
+    out
+}
+
+fn col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef, ArrowError> {
+    b.column_by_name(name)
+        .ok_or_else(|| ArrowError::SchemaError(format!("no column {name}")))
+}
+
+/// The rows of each partition, in order.
+pub fn split_by_partition(
+    rows: &RecordBatch,
+) -> Result<HashMap<TopicPartition, RecordBatch>, ArrowError> {
+    let mut out = HashMap::new();
+    if rows.num_rows() == 0 {
+        return Ok(out);
+    }
+    let topics = col(rows, COL_TOPIC)?.as_string::<i32>();
+    let parts = col(rows, COL_PARTITION)?.as_primitive::<Int32Type>();
+    let mut idx: HashMap<(&str, i32), Vec<u32>> = HashMap::new();
+    for i in 0..rows.num_rows() {
+        idx.entry((topics.value(i), parts.value(i)))
+            .or_default()
+            .push(i as u32);
+    }
+    if idx.len() == 1 {
+        let ((t, p), _) = idx
+            .into_iter()
+            .next()
+            .ok_or_else(|| ArrowError::ComputeError("empty".into()))?;
+        out.insert(TopicPartition::new(Arc::from(t), p), rows.clone());
+        return Ok(out);
+    }
+    for ((t, p), i) in idx {
+        out.insert(
+            TopicPartition::new(Arc::from(t), p),
+            take_record_batch(rows, &UInt32Array::from(i))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The rows with `_offset >= from`.
+pub fn from_offset(rows: &RecordBatch, from: i64) -> Result<RecordBatch, ArrowError> {
+    let offsets = col(rows, COL_OFFSET)?.as_primitive::<Int64Type>();
+    if offsets.values().first().is_some_and(|&o| o >= from) {
+        return Ok(rows.clone());
+    }
+    let mask =
+        arrow::compute::kernels::cmp::gt_eq(offsets, &arrow::array::Int64Array::new_scalar(from))?;
+    filter_record_batch(rows, &mask)
+}
+
+/// The newest value (ms) of a timestamp column, if any.
+pub fn max_time(rows: &RecordBatch, column: &str) -> Result<Option<i64>, ArrowError> {
+    let c = col(rows, column)?;
+    let c = arrow::compute::cast(c, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    Ok(arrow::compute::max(
+        c.as_primitive::<TimestampMillisecondType>(),
+    ))
+}
+
+/// The (partition, offset) of each row.
+pub fn origins(rows: &RecordBatch) -> Result<Vec<(i32, i64)>, ArrowError> {
+    let parts = col(rows, COL_PARTITION)?.as_primitive::<Int32Type>();
+    let offsets = col(rows, COL_OFFSET)?.as_primitive::<Int64Type>();
+    Ok((0..rows.num_rows())
+        .map(|i| (parts.value(i), offsets.value(i)))
+        .collect())
+}
+
+/// `rows` without the rows at `drop` (indices).
+pub fn without_rows(rows: &RecordBatch, drop: &[usize]) -> Result<RecordBatch, ArrowError> {
+    if drop.is_empty() {
+        return Ok(rows.clone());
+    }
+    let mut keep = vec![true; rows.num_rows()];
+    for &i in drop {
+        if let Some(k) = keep.get_mut(i) {
+            *k = false;
+        }
+    }
+    filter_record_batch(rows, &arrow::array::BooleanArray::from(keep))
+}
