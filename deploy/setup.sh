@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Idempotent install of the system packages carflow needs, from Debian's packages.
 #
-#   deploy/setup.sh            packages for the Rust build (cmake, libcurl, pkg-config, a C toolchain)
-#                              and for deploy/services.sh (curl, iproute2 for ss, util-linux for flock,
-#                              a JDK and Maven when missing)
+#   deploy/setup.sh            packages for the Rust build (a C toolchain and make, for librdkafka and
+#                              other C code built by cargo; pkg-config) and for deploy/services.sh
+#                              (curl, iproute2 for ss, util-linux for flock, a JDK and Maven when missing)
+#
+# The Rust build needs no cmake and no libcurl headers (deploy/check-build-deps.sh checks that), so
+# `cargo run -- demo` works without this script on a machine with Rust, gcc and make.
 #
 # Packages that are already installed are skipped, and apt-get is not touched at all when nothing is
 # missing. Runs as root; otherwise uses sudo when it is available. Go (needed to build influxd) is not
 # installed here: Debian's Go is too old, so it must come with the machine (checked, warned about).
 set -euo pipefail
 
-BUILD_PACKAGES=(build-essential cmake pkg-config libcurl4-openssl-dev)
+BUILD_PACKAGES=(build-essential pkg-config)
 SERVICE_PACKAGES=(curl iproute2 util-linux ca-certificates)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
