@@ -1,3 +1,4 @@
+#![cfg(feature = "services")]
 //! `POST /api/logs` against the real Kafka broker: records go in byte for byte, keyed by dealer,
 //! and every error path answers with its status and a JSON error.
 

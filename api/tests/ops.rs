@@ -1,3 +1,4 @@
+#![cfg(feature = "services")]
 //! `/health`, `/metrics` and `/openapi.json`.
 
 mod common;

@@ -1,3 +1,4 @@
+#![cfg(feature = "services")]
 //! `GET /api/stream_car_transactions`: with a seed, the stream is the engine's generator, in
 //! NDJSON and in SSE; bad parameters are named; `publish=true` puts the same records in Kafka.
 
