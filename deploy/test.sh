@@ -6,6 +6,10 @@
 #   CARFLOW_KEEP_SERVICES=1 deploy/test.sh   leave the services running afterwards
 #   deploy/test.sh -- <cargo test args>  pass arguments to cargo test (e.g. a test name)
 #
+# Tests that need the services are behind the `services` feature of carflow and carflow-api (a
+# plain `cargo test` passes with nothing running); every cargo command here uses the same feature
+# set, so clippy, the tests and the service-restart tests share one build.
+#
 # Caches: ~/.cargo, ./target, ~/.m2, ~/go, ~/.cache/carflow (see deploy/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +25,25 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+FEATURES=carflow/services,carflow-api/services
+GATE='#![cfg(feature = "services")]'
+
+step "the build needs no curl headers and no cmake (deploy/check-build-deps.sh)"
+deploy/check-build-deps.sh "$FEATURES"
+
+step "service tests start with the feature gate"
+# A test file that talks to Kafka, HDFS or InfluxDB must start with #![cfg(feature = "services")],
+# or a plain `cargo test` fails on a machine with nothing running.
+ungated=()
+for f in tests/*.rs api/tests/*.rs; do
+    if grep -qE 'common::services|(Kafka|Hdfs|Influx)::get\(' "$f" && [[ "$(head -n 1 "$f")" != "$GATE" ]]; then
+        ungated+=("$f")
+    fi
+done
+if ((${#ungated[@]} > 0)); then
+    echo "first line must be $GATE in: ${ungated[*]}" >&2
+    exit 1
+fi
 
 step "start Kafka, HDFS and InfluxDB (deploy/services.sh up)"
 deploy/services.sh up
@@ -35,18 +58,28 @@ unset CARFLOW_KAFKA_TOPIC CARFLOW_INFLUX_DB
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets --features $FEATURES -- -D warnings"
+cargo clippy --workspace --all-targets --features "$FEATURES" -- -D warnings
 
 args=()
 if [[ "${1:-}" == "--" ]]; then shift; args=("$@"); fi
-step "cargo test --workspace ${args[*]:-}"
-cargo test --workspace "${args[@]}"
+step "cargo test --workspace --features $FEATURES ${args[*]:-}"
+cargo test --workspace --features "$FEATURES" "${args[@]}"
 
 if [[ ${#args[@]} -eq 0 ]]; then
-    # Tests that stop and restart a shared service run alone, after everything else.
-    step "cargo test (tests that restart a service, one at a time)"
-    cargo test -p carflow-api --test intake -- --ignored --test-threads 1
+    # The #[ignore]d tests of the service test files stop and restart a shared service: they run
+    # alone, after everything else, with the same packages and features as above so nothing is
+    # rebuilt. (#[ignore]d tests elsewhere are known bugs kept as tests; they are not run.)
+    restart_targets=()
+    for f in tests/*.rs api/tests/*.rs; do
+        if [[ "$(head -n 1 "$f")" == "$GATE" ]] && grep -q '^#\[ignore' "$f"; then
+            restart_targets+=(--test "$(basename "$f" .rs)")
+        fi
+    done
+    if ((${#restart_targets[@]} > 0)); then
+        step "cargo test --workspace --features $FEATURES ${restart_targets[*]} -- --ignored --test-threads 1 (tests that restart a service, one at a time)"
+        cargo test --workspace --features "$FEATURES" "${restart_targets[@]}" -- --ignored --test-threads 1
+    fi
 fi
 
 step "done in $(( $(date +%s) - started ))s"
