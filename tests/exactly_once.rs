@@ -210,7 +210,8 @@ async fn renaming_a_query_file_while_running_keeps_its_dataset_going() {
         s.logs.path(),
         "rename",
     );
-    produce(&s.kafka, &s.topic.name, 51, 10_000, &[]).await;
+    let mut feed = Feed::new(&s.kafka, &s.topic.name, 51);
+    feed.send(10_000).await;
     s.wait_done(&mut [&mut e], Duration::from_secs(300)).await;
     std::fs::rename(
         queries.path().join("cars.sql"),
@@ -219,7 +220,7 @@ async fn renaming_a_query_file_while_running_keeps_its_dataset_going() {
     .unwrap();
     // Let a few batch boundaries pass so the rename is picked up.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    produce(&s.kafka, &s.topic.name, 52, 10_000, &[]).await;
+    feed.send(10_000).await;
     s.wait_done(&mut [&mut e], Duration::from_secs(300)).await;
     assert!(e.stop(), "{}", e.log_tail());
     let ctx = lake_context(&s.lake.url).await;
@@ -236,7 +237,8 @@ async fn a_reload_that_changes_a_datasets_shape_is_refused_and_the_lake_stays_re
     let queries = queries_copy();
     let env = s.env_with_queries("carflow-reshape", queries.path());
     let mut e = EngineProcess::start(&env, s.logs.path(), "reshape");
-    produce(&s.kafka, &s.topic.name, 61, 5_000, &[]).await;
+    let mut feed = Feed::new(&s.kafka, &s.topic.name, 61);
+    feed.send(5_000).await;
     s.wait_done(&mut [&mut e], Duration::from_secs(300)).await;
     // `price` becomes a float: a type change.
     let cars = queries.path().join("cars.sql");
@@ -251,11 +253,11 @@ async fn a_reload_that_changes_a_datasets_shape_is_refused_and_the_lake_stays_re
         async move { e.log_text().contains("cars.sql:") && e.log_text().contains("price") }
     })
     .await;
-    produce(&s.kafka, &s.topic.name, 62, 5_000, &[]).await;
+    feed.send(5_000).await;
     s.wait_done(&mut [&mut e], Duration::from_secs(300)).await;
     // A restart with the refused file in place still runs the accepted version.
     e.restart("reshape-2");
-    produce(&s.kafka, &s.topic.name, 63, 5_000, &[]).await;
+    feed.send(5_000).await;
     s.wait_done(&mut [&mut e], Duration::from_secs(300)).await;
     let health = e.health().await;
     assert!(
@@ -275,7 +277,7 @@ async fn a_reload_that_changes_a_datasets_shape_is_refused_and_the_lake_stays_re
     )
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    produce(&s.kafka, &s.topic.name, 64, 5_000, &[]).await;
+    feed.send(5_000).await;
     s.wait_done(&mut [&mut e], Duration::from_secs(300)).await;
     assert!(e.stop(), "{}", e.log_tail());
     let ctx = lake_context(&s.lake.url).await;

@@ -87,12 +87,18 @@ pub enum BatchEnd {
     Shutdown,
     /// Partition ownership changed (a consumer-group rebalance).
     Rebalance,
+    /// Nothing arrived for [`IDLE_WAKE`]: the caller gets a chance to do its housekeeping
+    /// (reload query files, close windows) on a quiet topic.
+    Idle,
 }
+
+/// How long [`collect_batch`] waits for a first message before returning an empty batch.
+pub const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// Gather the next micro-batch of raw messages from `source`.
 ///
-/// Waits without limit for the first message (a quiet topic is not an error), then at most
-/// `limits.linger` for the rest. A batch never spans a change of partition ownership: when the
+/// Waits up to [`IDLE_WAKE`] for the first message (then returns an empty batch: a quiet topic
+/// is not an error), then at most `limits.linger` for the rest. A batch never spans a change of partition ownership: when the
 /// source reports one, the message that arrived after it is kept in `carry` for the next batch
 /// and this batch ends ([`BatchEnd::Rebalance`]), so every message of a batch predates the
 /// change and the pipeline can drop those of revoked partitions.
@@ -105,18 +111,19 @@ pub async fn collect_batch<S: Source>(
     let mut messages = Vec::new();
     let mut bytes = 0usize;
     let mut deadline: Option<Instant> = None;
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let idle = Instant::now() + IDLE_WAKE;
     let mut next_carried = carry.take();
     loop {
         let message = match next_carried.take() {
             Some(m) => m,
             None => {
-                let wake = deadline.unwrap_or(far);
+                let wake = deadline.unwrap_or(idle);
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return Ok((messages, BatchEnd::Shutdown)),
-                    _ = tokio::time::sleep_until(wake), if deadline.is_some() => {
-                        return Ok((messages, BatchEnd::Linger));
+                    _ = tokio::time::sleep_until(wake) => {
+                        let end = if deadline.is_some() { BatchEnd::Linger } else { BatchEnd::Idle };
+                        return Ok((messages, end));
                     }
                     next = source.next_message() => match next? {
                         None => return Ok((messages, BatchEnd::SourceExhausted)),
@@ -301,6 +308,10 @@ fn precheck(m: &Message, max_message_bytes: usize) -> Result<(), String> {
             "invalid UTF-8 at byte {}: the message must be UTF-8 JSON",
             e.valid_up_to()
         ));
+    }
+    // arrow-json's reader does not check an object's commas; a JSON parser does.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
+        return Err(format!("malformed JSON: {e}"));
     }
     Ok(())
 }

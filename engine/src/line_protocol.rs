@@ -17,11 +17,12 @@
 //! - every control character (a newline would end the line; InfluxDB cannot store one in a tag)
 //!   becomes U+FFFD `�`, in tag values, tag keys, field keys and measurement names;
 //! - a trailing backslash (which InfluxDB would read as escaping the separator after it) becomes
-//!   U+FFFD too.
+//!   U+FFFD too, and so does a `#` that starts a measurement name (a comment to InfluxDB).
 //!
 //! A null tag is left out of its point (InfluxDB's own way to say "no value"); null fields are
 //! left out; a float that is NaN or infinite, or an unsigned integer beyond `i64`, is left out
-//! (InfluxDB cannot store it); a row whose fields are all left out produces no point.
+//! (InfluxDB cannot store it); a row whose fields are all left out produces no point, and so does
+//! a row whose time is outside what InfluxDB can store (±[`MAX_TIME_MS`]).
 
 use std::fmt::Write as _;
 
@@ -142,7 +143,12 @@ const REPLACEMENT: char = '\u{fffd}';
 
 /// Escape a measurement name: commas and spaces (see the module docs for rewritten characters).
 pub fn escape_measurement(s: &str) -> String {
-    escape(s, &[',', ' ']).0
+    let (mut out, _) = escape(s, &[',', ' ']);
+    if out.starts_with('#') {
+        // InfluxDB reads a line that starts with `#` as a comment.
+        out.replace_range(..1, &REPLACEMENT.to_string());
+    }
+    out
 }
 
 /// Escape a tag key, tag value or field key: commas, equals signs and spaces (see the module docs
@@ -233,10 +239,11 @@ fn time_ms(col: &ArrayRef, i: usize) -> Option<i64> {
     if col.is_null(i) {
         return None;
     }
-    Some(match col.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            col.as_primitive::<TimestampSecondType>().value(i) * 1000
-        }
+    let ms = match col.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => col
+            .as_primitive::<TimestampSecondType>()
+            .value(i)
+            .checked_mul(1000)?,
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
             col.as_primitive::<TimestampMillisecondType>().value(i)
         }
@@ -249,13 +256,22 @@ fn time_ms(col: &ArrayRef, i: usize) -> Option<i64> {
             .value(i)
             .div_euclid(1_000_000),
         _ => return None,
-    })
+    };
+    // InfluxDB stores nanoseconds in an i64 (less its two sentinel values).
+    (-MAX_TIME_MS..=MAX_TIME_MS).contains(&ms).then_some(ms)
 }
+
+/// The largest time InfluxDB can store, in milliseconds.
+pub const MAX_TIME_MS: i64 = 9_223_372_036_854;
 
 /// Write the value of a decimal with `scale` digits after the point.
 fn write_decimal(out: &mut String, v: i128, scale: i8) {
     if scale <= 0 {
-        let _ = write!(out, "{}", v * 10i128.pow(scale.unsigned_abs() as u32));
+        // v × 10^-scale, written out digit by digit (it may not fit an i128).
+        let _ = write!(out, "{v}");
+        if v != 0 {
+            out.extend(std::iter::repeat_n('0', usize::from(scale.unsigned_abs())));
+        }
         return;
     }
     let p = 10i128.pow(scale as u32);

@@ -978,6 +978,26 @@ fn one_point(measurement: &str, tag: &str, field: &str) -> (String, Result<Optio
     (line, parsed)
 }
 
+/// What InfluxDB reads back is what the documented rule for values it cannot hold makes of the
+/// original (`want`: measurement, tag value, field key).
+fn assert_rewritten(measurement: &str, tag: &str, field: &str, want: (&str, &str, &str)) {
+    let (line, parsed) = one_point(measurement, tag, field);
+    let p = parsed
+        .unwrap_or_else(|e| panic!("InfluxDB 1.8 refuses {line:?}: {e}"))
+        .unwrap_or_else(|| panic!("{line:?} is a comment to InfluxDB"));
+    assert_eq!(p.measurement, want.0, "{line:?}");
+    assert_eq!(
+        p.tags,
+        vec![("k".to_string(), want.1.to_string())],
+        "{line:?}"
+    );
+    assert_eq!(
+        p.fields,
+        vec![(want.2.to_string(), Value::Int(7))],
+        "{line:?}"
+    );
+}
+
 fn assert_round_trip(measurement: &str, tag: &str, field: &str) {
     let (line, parsed) = one_point(measurement, tag, field);
     let p = parsed
@@ -993,21 +1013,19 @@ fn assert_round_trip(measurement: &str, tag: &str, field: &str) {
 }
 
 #[test]
-#[ignore = "bug: a tag value ending in a backslash makes InfluxDB 1.8 refuse the line (400 invalid tag format)"]
 fn gap_tag_value_ending_in_backslash() {
-    // Written as `m,k=a\\ f=7i 1000`; InfluxDB 1.8 takes `\ ` as an escaped space.
-    assert_round_trip("m", "a\\", "f");
+    // InfluxDB 1.8 takes `\ ` as an escaped space, so no escaping can write a trailing
+    // backslash: the documented rule writes U+FFFD instead.
+    assert_rewritten("m", "a\\", "f", ("m", "a\u{fffd}", "f"));
 }
 
 #[test]
-#[ignore = "bug: a backslash before a comma, equals sign or space in a tag value is stored doubled"]
 fn gap_backslash_before_a_separator() {
     // Written as `m,k=a\\\,b …`; InfluxDB 1.8 stores `a\\,b`.
     assert_round_trip("m", "a\\,b", "f");
 }
 
 #[test]
-#[ignore = "bug: a run of backslashes before a separator is escaped so that split_escaped (and InfluxDB) split at the escaped separator"]
 fn gap_backslash_run_before_a_separator() {
     // `\\ ` (two backslashes, a space) is escaped as four backslashes and a space: read in
     // pairs, the space is no longer escaped.
@@ -1021,37 +1039,31 @@ fn gap_backslash_run_before_a_separator() {
 }
 
 #[test]
-#[ignore = "bug: a measurement ending in a backslash makes InfluxDB 1.8 refuse the line"]
 fn gap_measurement_ending_in_backslash() {
-    assert_round_trip("m\\", "v", "f");
+    assert_rewritten("m\\", "v", "f", ("m\u{fffd}", "v", "f"));
 }
 
 #[test]
-#[ignore = "bug: a field key ending in a backslash makes InfluxDB 1.8 refuse the line"]
 fn gap_field_key_ending_in_backslash() {
-    assert_round_trip("m", "v", "f\\");
+    assert_rewritten("m", "v", "f\\", ("m", "v", "f\u{fffd}"));
 }
 
 #[test]
-#[ignore = "bug (issue 12 item 9): a newline in a tag value is written as the two characters `\\n`"]
 fn gap_newline_in_tag_value() {
-    assert_round_trip("m", "two\nlines", "f");
+    assert_rewritten("m", "two\nlines", "f", ("m", "two\u{fffd}lines", "f"));
 }
 
 #[test]
-#[ignore = "bug: a measurement starting with `#` turns the line into a comment: the point is silently lost"]
 fn gap_measurement_starting_with_hash() {
-    assert_round_trip("#m", "v", "f");
+    assert_rewritten("#m", "v", "f", ("\u{fffd}m", "v", "f"));
 }
 
 #[test]
-#[ignore = "bug: a measurement starting with a tab (or NUL) loses it: InfluxDB 1.8 skips leading whitespace"]
 fn gap_measurement_starting_with_tab() {
-    assert_round_trip("\tm", "v", "f");
+    assert_rewritten("\tm", "v", "f", ("\u{fffd}m", "v", "f"));
 }
 
 #[test]
-#[ignore = "bug: a time outside InfluxDB's range (±9223372036854 ms) is written and the line refused (400)"]
 fn gap_time_outside_influxdb_range() {
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
@@ -1077,7 +1089,6 @@ fn gap_time_outside_influxdb_range() {
 }
 
 #[test]
-#[ignore = "bug: a seconds timestamp beyond i64::MAX/1000 overflows `* 1000` (panics in debug builds, wraps in release)"]
 fn gap_seconds_timestamp_overflow() {
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
@@ -1095,7 +1106,6 @@ fn gap_seconds_timestamp_overflow() {
 }
 
 #[test]
-#[ignore = "bug: a decimal with a negative scale overflows `v * 10^-scale` (panics in debug builds)"]
 fn gap_negative_scale_decimal_overflow() {
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![

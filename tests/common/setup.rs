@@ -90,6 +90,36 @@ pub async fn produce(kafka: &Kafka, topic: &str, seed: u64, n: usize, bad: &[Vec
     send_all(&p, topic, records).await;
 }
 
+/// Generated transactions sent in several rounds, event time going on from one round to the next
+/// (a second `produce` with a new generator would start over at [`START_MS`]: late data).
+pub struct Feed {
+    producer: FutureProducer,
+    topic: String,
+    generator: Generator,
+}
+
+impl Feed {
+    /// A feed of `topic` with generator `seed`.
+    pub fn new(kafka: &Kafka, topic: &str, seed: u64) -> Self {
+        Self {
+            producer: producer(&kafka.brokers, &Default::default()).unwrap(),
+            topic: topic.to_string(),
+            generator: generator(seed),
+        }
+    }
+
+    /// Send the next `n` transactions (keyed by dealer) and wait for every delivery.
+    pub async fn send(&mut self, n: usize) {
+        let records: Vec<_> = (0..n)
+            .map(|_| {
+                let t = self.generator.next_transaction();
+                (t.dealer_id.clone(), t.to_json().into_bytes())
+            })
+            .collect();
+        send_all(&self.producer, &self.topic, records).await;
+    }
+}
+
 /// Produce `n` generated transactions at about `per_second`, in steps of 100 ms.
 pub async fn produce_at_rate(kafka: &Kafka, topic: &str, seed: u64, n: usize, per_second: f64) {
     let p = producer(&kafka.brokers, &Default::default()).unwrap();
@@ -149,7 +179,37 @@ pub struct Setup {
     pub lake: HdfsDir,
     pub db: InfluxDb,
     pub influx: Influx,
-    pub logs: tempfile::TempDir,
+    pub logs: Logs,
+}
+
+/// Where a test's engines write their logs: a temporary directory, or (to read them after a
+/// failure) a kept directory under `CARFLOW_TEST_LOGS`.
+pub enum Logs {
+    /// Removed when dropped.
+    Temp(tempfile::TempDir),
+    /// Kept.
+    Kept(PathBuf),
+}
+
+impl Logs {
+    fn new(name: &str) -> Self {
+        match std::env::var_os("CARFLOW_TEST_LOGS") {
+            Some(root) => {
+                let dir = PathBuf::from(root).join(unique(name));
+                std::fs::create_dir_all(&dir).unwrap();
+                Logs::Kept(dir)
+            }
+            None => Logs::Temp(tempfile::tempdir().unwrap()),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            Logs::Temp(t) => t.path(),
+            Logs::Kept(p) => p,
+        }
+    }
 }
 
 /// A [`Setup`] whose topic has `partitions` partitions.
@@ -163,7 +223,7 @@ pub async fn setup_with(name: &str, partitions: i32) -> Setup {
         db: influx.database(name).await,
         influx,
         kafka,
-        logs: tempfile::tempdir().unwrap(),
+        logs: Logs::new(name),
     }
 }
 

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{BatchEnd, BatchLimits, DecodeRules, collect_batch};
@@ -364,7 +363,6 @@ impl<S: Source> Pipeline<S> {
                 Err(Stop::Failed(e)) => return Err(e),
                 Err(Stop::Stalled(_)) => {}
             }
-            let waiting = Instant::now();
             let (messages, end) = collect_batch(
                 &mut self.source,
                 &self.options.limits,
@@ -372,7 +370,11 @@ impl<S: Source> Pipeline<S> {
                 &mut self.carry,
             )
             .await?;
-            let _ = waiting;
+            if end == BatchEnd::Idle {
+                // A quiet topic: windows every partition has passed still close.
+                self.refresh_view().await;
+                self.close_windows();
+            }
             if !messages.is_empty() {
                 loop {
                     match self.process(&messages, shutdown).await {
@@ -522,10 +524,6 @@ impl<S: Source> Pipeline<S> {
             .as_ref()
             .map(|e| e.progress.clone())
             .unwrap_or_default();
-        tracing::info!(partition = %tp, lake_next_offset = ledger.next_offset, seq = ledger.seq,
-            windows = windows.rows(), "partition ready");
-        self.health
-            .own(&tp.topic, tp.partition, Some(ledger.next_offset));
         self.book.observed.remove(tp);
         self.book.owned.insert(
             tp.clone(),
@@ -536,6 +534,15 @@ impl<S: Source> Pipeline<S> {
                 next_processed: None,
             },
         );
+        // Is it still the topic the ledger recorded?
+        self.refresh_view().await;
+        self.check_topic_id(tp)?;
+        if let Some(o) = self.book.owned.get(tp) {
+            tracing::info!(partition = %tp, lake_next_offset = o.ledger.next_offset, seq = o.ledger.seq,
+                windows = o.windows.rows(), "partition ready");
+            self.health
+                .own(&tp.topic, tp.partition, Some(o.ledger.next_offset));
+        }
         Ok(())
     }
 

@@ -60,11 +60,12 @@ impl Queries {
     ) -> Result<Self, PipelineError> {
         let planner = Planner::new()?;
         let canary = Canary::new()?;
-        let records = match tokio::time::timeout(options.lake_timeout, Records::load(location))
-            .await
-        {
+        // Short: SIGTERM is not looked at before the pipeline runs.
+        let startup_limit = options.lake_timeout.min(std::time::Duration::from_secs(5));
+        let records = match tokio::time::timeout(startup_limit, Records::load(location)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
+                metrics.error("lake");
                 health.set("lake", Some(format!("cannot read the lake's records: {e}")));
                 tracing::warn!(error = %e, "cannot read the lake's dataset records; shapes are checked once it answers");
                 Records::empty(location)
