@@ -663,6 +663,10 @@ class Fault:
     error: str = ""
 
 
+FAULT_KINDS = ["kill9", "sigstop", "broker_restart", "hdfs_restart", "hdfs_safemode", "influx_down", "query_edit",
+               "query_rename"]
+
+
 def plan_faults(short: bool, rng: random.Random, kills: int) -> list[str]:
     if short:
         kinds = ["kill9", "broker_restart", "query_rename", "kill9"]
@@ -943,7 +947,7 @@ class Run:
         t_prod0 = self.mon.now()
         injector = Injector(self.svc.brokers, self.topic, n_bad, n_late, duration, a.seed, gen_done)
         injector.start()
-        kinds = plan_faults(a.short, self.rng, a.kills)
+        kinds = a.faults.split(",") if a.faults else plan_faults(a.short, self.rng, a.kills)
         window = (t_prod0 + min(15.0, duration * 0.1), t_prod0 + duration * 0.85)
         runner = FaultRunner(self, kinds, window)
         runner.start()
@@ -1145,15 +1149,22 @@ class Run:
               SELECT _partition AS p, _offset AS o, 1 AS nc, 0 AS nd FROM cars
               UNION ALL
               SELECT "partition", "offset", 0, 1 FROM dead_letters) GROUP BY ALL""")
-        # Missing below the group's committed offset: lost (Kafka was told it is done). At or above it:
-        # not processed (the engines stopped short; still in Kafka, but not in the lake either).
-        con.execute("CREATE TABLE committed (p INTEGER, c BIGINT)")
-        for p_, c_ in committed.items():
-            con.execute("INSERT INTO committed VALUES (?, ?)", [p_, c_ if c_ >= 0 else 0])
-        con.execute("""CREATE TABLE missing AS SELECT t.*, t.offset < coalesce(c.c, 0) AS below_commit FROM truth t
+        # Missing below the group's committed offset (Kafka was told it is done) or below what an engine
+        # reported processed on /health: lost. Beyond both: not processed (the engines stopped short;
+        # still in Kafka, but not in the lake either).
+        reported = self.mon.processed_all()
+        con.execute("CREATE TABLE committed (p INTEGER, c BIGINT, r BIGINT)")
+        for p_ in range(PARTITIONS):
+            c_ = committed.get(p_, -1)
+            con.execute("INSERT INTO committed VALUES (?, ?, ?)", [p_, max(c_, 0), reported[p_]])
+        con.execute("""CREATE TABLE missing AS
+                       SELECT t.*, t.offset < coalesce(c.c, 0) OR t.offset < coalesce(c.r, 0) AS below_commit,
+                              t.offset < coalesce(c.c, 0) AS below_kafka_commit
+                       FROM truth t
                        ANTI JOIN seen s ON t.partition = s.p AND t.offset = s.o
                        LEFT JOIN committed c ON c.p = t.partition""")
         res["lost"] = q("SELECT count(*) FROM missing WHERE below_commit")[0][0]
+        res["lost_below_kafka_commit"] = q("SELECT count(*) FROM missing WHERE below_kafka_commit")[0][0]
         res["unprocessed"] = q("SELECT count(*) FROM missing WHERE NOT below_commit")[0][0]
         res["duplicated"] = q("SELECT coalesce(sum(nc + nd - 1), 0) FROM seen WHERE nc + nd > 1")[0][0]
         res["duplicated_in_lake"] = q("SELECT coalesce(sum(nc - 1), 0) FROM seen WHERE nc > 1")[0][0]
@@ -1165,6 +1176,31 @@ class Run:
         res["duplicated_examples"] = q("SELECT p, o, nc, nd FROM seen WHERE nc + nd > 1 ORDER BY 1, 2 LIMIT 10")
         dup_by_part = q("SELECT p, sum(nc + nd - 1) FROM seen WHERE nc + nd > 1 GROUP BY 1 ORDER BY 1")
         res["duplicated_by_partition"] = {int(p): int(n) for p, n in dup_by_part}
+        # Contiguous ranges (in the topic's order) of lost, not processed and duplicated records, each
+        # with the time the engines reported its first offset processed: which fault it belongs to.
+        # Numbered separately for malformed and valid records, so that a range of valid records missing
+        # from the lake is one range even with dead letters (which are there) in between.
+        con.execute("CREATE TABLE truth_rn AS SELECT *, row_number() OVER (PARTITION BY partition, kind = 'bad' "
+                    "ORDER BY \"offset\") AS rn FROM truth")
+
+        def ranges(where: str) -> list[dict]:
+            rows = q(f"""SELECT partition, min("offset"), max("offset"), count(*) FROM (
+                           SELECT t.partition, t."offset", t.kind = 'bad' AS bad,
+                                  t.rn - row_number() OVER (PARTITION BY t.partition, t.kind = 'bad' ORDER BY t.rn) AS g
+                           FROM truth_rn t WHERE {where}) GROUP BY partition, bad, g ORDER BY 4 DESC LIMIT 40""")
+            out = []
+            for p_, first, last, n in rows:
+                at = self.mon.first_progress_after(int(p_), 0.0, int(first))
+                out.append({"partition": int(p_), "first": int(first), "last": int(last), "records": int(n),
+                            "processed_at_s": None if at is None else round(at, 1)})
+            return out
+
+        res["lost_ranges"] = ranges("EXISTS (SELECT 1 FROM missing m WHERE m.partition = t.partition AND "
+                                    "m.offset = t.offset AND m.below_commit)") if res["lost"] else []
+        res["unprocessed_ranges"] = ranges("EXISTS (SELECT 1 FROM missing m WHERE m.partition = t.partition AND "
+                                           "m.offset = t.offset AND NOT m.below_commit)") if res["unprocessed"] else []
+        res["duplicated_ranges"] = ranges("EXISTS (SELECT 1 FROM seen s WHERE s.p = t.partition AND s.o = t.offset "
+                                          "AND s.nc + s.nd > 1)") if res["duplicated"] else []
         res["duplicate_transaction_ids"] = q("SELECT count(*) - count(DISTINCT transaction_id) FROM cars")[0][0]
         # Routing: malformed → dead letters (with a reason), good and very late → the lake.
         res["malformed_in_lake"] = q("SELECT count(*) FROM truth t JOIN seen s ON t.partition = s.p AND t.offset = s.o "
@@ -1499,8 +1535,9 @@ class Run:
         lines += [
             "",
             f"  {'records':<34} {d['records']:>12,}",
-            f"  {'lost (below the committed offset)':<34} {d['lost']:>12,}",
-            f"  {'not processed (at/after it)':<34} {d['unprocessed']:>12,}",
+            f"  {'lost':<34} {d['lost']:>12,}   (missing below the committed offset, {d['lost_below_kafka_commit']:,}, or below"
+            " what /health reported processed)",
+            f"  {'not processed':<34} {d['unprocessed']:>12,}   (missing beyond both: the engines stopped short)",
             f"  {'duplicated':<34} {d['duplicated']:>12,}"
             + (f"   (lake {d['duplicated_in_lake']:,}, dead letters {d['duplicated_in_dead_letters']:,}, both {d['in_both']:,})"
                if d["duplicated"] else ""),
@@ -1519,6 +1556,17 @@ class Run:
             f"  {'drained after producing':<34} {fmt(d['drain_s']):>12}   (producing took {d['produce_s']:.0f}s, "
             f"whole run {d['wall_s']:.0f}s)",
         ]
+        for what in ("lost_ranges", "unprocessed_ranges", "duplicated_ranges"):
+            rs = d.get(what) or []
+            if not rs:
+                continue
+            lines.append(f"  {what.replace('_', ' ')} (largest first):")
+            for r in rs[:6]:
+                at = r["processed_at_s"]
+                before = [f for f in d["fault_log"] if at is not None and f["start_s"] <= at]
+                lines.append(f"    partition {r['partition']} offsets {r['first']}–{r['last']}: {r['records']:,} records, "
+                             f"reported processed at {at if at is not None else '?'}s"
+                             + (f" (last fault before: {before[-1]['kind']} at {before[-1]['start_s']}s)" if before else ""))
         if d["generate_failed_deliveries"] or d["injector_failed_deliveries"]:
             lines.append(f"  note: the producers could not deliver {d['generate_failed_deliveries']} generated and "
                          f"{d['injector_failed_deliveries']} injected records (not in the topic, not counted)")
@@ -1544,10 +1592,12 @@ def main() -> int:
     ap.add_argument("--short", action="store_true", help="~100k records, 4 faults of 3 kinds (CI)")
     ap.add_argument("--records", type=int, help="generated transactions (default 1,000,000; --short 100,000)")
     ap.add_argument("--rate", type=float, help="generated transactions per second (default: records over ~"
-                                               "600 s, --short ~150 s)")
+                                               "800 s, --short ~150 s)")
     ap.add_argument("--malformed", type=int, help="malformed records (default 1%% of --records)")
     ap.add_argument("--late", type=int, help="very late records (default 60, --short 12)")
     ap.add_argument("--kills", type=int, default=12, help="kill -9 faults in the full run (default 12)")
+    ap.add_argument("--faults", help="inject exactly these, in this order (comma-separated: " + ", ".join(FAULT_KINDS)
+                    + "), e.g. to reproduce one defect")
     ap.add_argument("--engines", type=int, default=2, choices=[1, 2, 3, 4])
     ap.add_argument("--batch-rows", type=int, default=20000)
     ap.add_argument("--batch-linger", default="500ms")
@@ -1561,11 +1611,14 @@ def main() -> int:
     ap.add_argument("--hdfs-http-port", type=int, required=True)
     ap.add_argument("--influx-port", type=int, required=True)
     a = ap.parse_args()
+    for k in (a.faults or "").split(","):
+        if k and k not in FAULT_KINDS:
+            ap.error(f"--faults: unknown fault {k!r} (known: {', '.join(FAULT_KINDS)})")
     if a.records is None:
         a.records = 100_000 if a.short else 1_000_000
     if a.rate is None:
         # Long enough for every fault (and its recovery) to fall while records are still coming in.
-        a.rate = a.records / (150.0 if a.short else 600.0)
+        a.rate = a.records / (150.0 if a.short else 800.0)
     if a.drain_timeout is None:
         a.drain_timeout = 600.0 if a.short else 1200.0
     if a.results_dir is None:
