@@ -353,12 +353,23 @@ fn the_demo_then_sql_count_what_the_demo_generated() {
         })
         .unwrap_or_else(|| panic!("no summary in:\n{out}"));
     assert_eq!(generated, 7000);
+    // What to run next, as a command that runs from here (under cargo test: `cargo run -- sql`).
     assert!(
-        out.contains("carflow sql -c"),
+        out.contains(" sql -c \"SELECT count(*) FROM cars\"") && out.contains("dead_letters"),
         "it says what to run next:\n{out}"
     );
     assert!(dir.path().join("data/metrics.lp").exists());
     assert_eq!(lake_count(dir.path()), 7000);
+    // The suggested dead-letter query works even when nothing went wrong (an empty table).
+    let (ok, out) = carflow(
+        dir.path(),
+        &[
+            "sql",
+            "-c",
+            "SELECT reason, count(*) FROM dead_letters GROUP BY reason",
+        ],
+    );
+    assert!(ok, "{out}");
     // A second demo starts fresh rather than piling onto the first.
     let (ok, out) = carflow(
         dir.path(),

@@ -292,6 +292,9 @@ pub struct LakeConfig {
     /// How long one storage operation (a commit's files, a ledger read) may take before it is
     /// counted as failed and retried. Default `20s`.
     pub timeout: HumanDuration,
+    /// The dataset that keeps every transaction with its origin columns (`SELECT * … FROM
+    /// transactions`): history for backfills, reconciles and new windowed queries. Default `cars`.
+    pub raw_dataset: String,
 }
 
 impl Default for LakeConfig {
@@ -300,6 +303,7 @@ impl Default for LakeConfig {
             root: "./data/lake".into(),
             on_new_topic: OnNewTopic::Refuse,
             timeout: HumanDuration(Duration::from_secs(20)),
+            raw_dataset: "cars".into(),
         }
     }
 }

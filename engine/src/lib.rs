@@ -19,6 +19,7 @@ pub mod batcher;
 pub mod catalog;
 pub mod config;
 pub mod generator;
+pub mod history;
 pub mod ledger;
 pub mod line_protocol;
 pub mod metrics;

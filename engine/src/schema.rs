@@ -26,6 +26,9 @@ pub const COL_KAFKA_TS: &str = "_kafka_ts";
 /// The metadata columns appended to every decoded row, in order.
 pub const METADATA_FIELDS: [&str; 4] = [COL_TOPIC, COL_PARTITION, COL_OFFSET, COL_KAFKA_TS];
 
+/// The lake dataset of messages that could not be processed (reserved: no query may write it).
+pub const DEAD_LETTERS: &str = "dead_letters";
+
 /// Precision and scale of `price`: money is a decimal in the lake, never a float.
 pub const PRICE_PRECISION: u8 = 12;
 /// Scale of `price` (cents).
@@ -88,6 +91,31 @@ pub fn transaction_schema() -> SchemaRef {
 /// The schema of the `transactions` table: [`transaction_schema`] plus the metadata columns.
 pub fn source_schema() -> SchemaRef {
     Arc::clone(&SOURCE)
+}
+
+/// Can the lake (Parquet) hold columns of `schema`? A query whose output it cannot write is
+/// refused when it is loaded, naming the problem, rather than failing on every batch.
+pub fn parquet_writable(schema: &SchemaRef) -> Result<(), String> {
+    use parquet::arrow::ArrowWriter;
+    let loose: SchemaRef = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let row = arrow::array::RecordBatch::try_new(
+        Arc::clone(&loose),
+        loose
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), 1))
+            .collect(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut w = ArrowWriter::try_new(Vec::new(), loose, None).map_err(|e| e.to_string())?;
+    w.write(&row).map_err(|e| e.to_string())?;
+    w.close().map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -147,8 +147,8 @@ pub fn with_field(json: &str, field: &str, value: &str) -> String {
     let key = format!("\"{field}\":");
     let at = json.find(&key).expect("field in record") + key.len();
     let rest = &json[at..];
-    let end = if rest.starts_with('"') {
-        rest[1..].find('"').expect("closing quote") + 2
+    let end = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.find('"').expect("closing quote") + 2
     } else {
         rest.find([',', '}']).expect("end of value")
     };

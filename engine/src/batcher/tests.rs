@@ -160,3 +160,70 @@ fn many_bad_messages_in_one_batch_keep_every_good_one() {
     assert!(offsets.values().windows(2).all(|w| w[0] < w[1]));
     assert!(offsets.values().iter().all(|o| o % 10 != 3 && o % 10 != 7));
 }
+
+#[test]
+fn event_times_outside_the_accepted_range_are_dead_letters_that_say_why() {
+    let with = |sold_at: &str| good_json(1).replace("\"2026-11-27T14:00:01.123Z\"", sold_at);
+    let cases = [
+        ("\"2300-01-01T00:00:00Z\"", "past the wall clock"),
+        ("\"1969-07-20T20:17:00Z\"", "before 2000-01-01"),
+        ("1767225600", "not seconds"),
+        ("1767225600000000", "micro- or nanoseconds"),
+        ("1767225600000000000", "micro- or nanoseconds"),
+    ];
+    let mut messages: Vec<Message> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (t, _))| msg(i as i64, Some(with(t).into_bytes())))
+        .collect();
+    // An epoch number in milliseconds, an offset and a naive time are fine.
+    messages.push(msg(10, Some(with("1767225600000").into_bytes())));
+    messages.push(msg(
+        11,
+        Some(with("\"2026-01-01T05:00:00+05:00\"").into_bytes()),
+    ));
+    messages.push(msg(12, Some(with("\"2026-01-01 00:00:00\"").into_bytes())));
+    let out = decode_batch(&messages, 1 << 20).unwrap();
+    assert_eq!(out.rows.num_rows(), 3, "{:?}", out.dead_letters);
+    assert_eq!(out.dead_letters.len(), cases.len());
+    for (d, (_, why)) in out.dead_letters.iter().zip(cases) {
+        assert!(
+            d.reason.contains("sold_at") && d.reason.contains(why),
+            "{}",
+            d.reason
+        );
+    }
+    let times = out.rows.column_by_name("sold_at").unwrap();
+    let times = times.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+    assert!((0..3).all(|i| times.value(i) == 1_767_225_600_000));
+}
+
+#[test]
+fn the_accepted_range_is_configurable() {
+    let rules = DecodeRules {
+        max_message_bytes: 1 << 20,
+        min_event_ms: 1_900_000_000_000,
+        max_future: Duration::from_secs(0),
+    };
+    let out = decode_batch_with(&[good(1)], &rules).unwrap();
+    assert_eq!(out.rows.num_rows(), 0);
+    assert!(out.dead_letters[0].reason.contains("events.min_time"));
+}
+
+#[test]
+fn objects_with_bad_commas_are_malformed_json() {
+    let g = good_json(1);
+    for bad in [
+        g.replacen(",\"currency\"", ",,\"currency\"", 1),
+        format!("{},}}", &g[..g.len() - 1]),
+        g.replacen(",\"currency\"", " \"currency\"", 1),
+    ] {
+        let out = decode_batch(&[msg(0, Some(bad.into_bytes()))], 1 << 20).unwrap();
+        assert_eq!(out.rows.num_rows(), 0);
+        assert!(
+            out.dead_letters[0].reason.starts_with("malformed JSON"),
+            "{}",
+            out.dead_letters[0].reason
+        );
+    }
+}

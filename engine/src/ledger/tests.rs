@@ -98,7 +98,7 @@ async fn a_writer_frozen_while_others_went_on_cannot_publish_into_a_pruned_slot(
             .unwrap();
     }
     assert!(
-        !exists(&owner, &owner.entry_path(&tp(), 2).to_string()).await,
+        !exists(&owner, owner.entry_path(&tp(), 2).as_ref()).await,
         "entry 2 was pruned: its slot is free"
     );
     // The zombie wakes up and commits its next step, 2.
@@ -113,7 +113,7 @@ async fn a_writer_frozen_while_others_went_on_cannot_publish_into_a_pruned_slot(
         "none of its files is visible"
     );
     assert!(
-        !exists(&owner, &owner.entry_path(&tp(), 2).to_string()).await,
+        !exists(&owner, owner.entry_path(&tp(), 2).as_ref()).await,
         "its entry was taken back"
     );
     let (now, _) = owner.load(&tp()).await.unwrap();

@@ -12,84 +12,16 @@
 //! partition has passed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::part::{MessageIndex, PartBatch};
 use super::partitions::{from_offset, max_time, offset_ranges, split_by_partition};
 use super::{Pipeline, PipelineError, Stop};
 use crate::batcher::decode_batch_with;
-use crate::sink::lake::DatasetOutput;
 use crate::source::{DeadLetter, Message, PartitionCommit, Source, TopicPartition};
-use crate::windows::state::PartitionWindows;
-
-/// One partition's share of a batch.
-pub(super) struct PartBatch {
-    pub tp: TopicPartition,
-    /// First offset, last offset and message count of the partition in the batch.
-    pub range: (i64, i64, u64),
-    /// Decoded rows the ledger does not hold yet.
-    pub fresh: Option<RecordBatch>,
-    /// Dead letters of this batch (undecodable messages, rows a transform refused).
-    pub dead: Vec<DeadLetter>,
-    /// Lake transforms' output.
-    pub outputs: Vec<DatasetOutput>,
-    /// Rows given to each lake dataset's transform.
-    pub lake_inputs: BTreeMap<String, u64>,
-    /// Newest event time of the fresh rows, per column.
-    pub max_event: BTreeMap<String, i64>,
-    /// Open windows after this batch (when windowed queries run).
-    pub windows: Option<PartitionWindows>,
-    /// Rows too late for a window.
-    pub late: u64,
-    /// Messages the ledger held already.
-    pub replayed: u64,
-}
-
-impl PartBatch {
-    /// Does this batch hold anything the ledger does not?
-    pub fn is_new(&self, next_offset: i64) -> bool {
-        self.range.1 >= next_offset
-    }
-}
-
-/// Where each message of a batch is, to attach payloads to dead letters.
-pub(super) struct MessageIndex<'a> {
-    messages: &'a [Message],
-    at: HashMap<(i32, i64), usize>,
-}
-
-impl<'a> MessageIndex<'a> {
-    pub fn new(messages: &'a [Message]) -> Self {
-        Self {
-            messages,
-            at: HashMap::new(),
-        }
-    }
-
-    /// A dead letter for the row from `(partition, offset)` that `transform` refused.
-    pub fn refused(
-        &mut self,
-        (partition, offset): (i32, i64),
-        transform: &str,
-        reason: String,
-    ) -> Option<DeadLetter> {
-        if self.at.is_empty() {
-            self.at = self
-                .messages
-                .iter()
-                .enumerate()
-                .map(|(i, m)| ((m.partition, m.offset), i))
-                .collect();
-        }
-        let m = &self.messages[*self.at.get(&(partition, offset))?];
-        let mut d = DeadLetter::undecodable(m, reason);
-        d.transform = Some(transform.to_string());
-        Some(d)
-    }
-}
 
 /// The event-time columns the windowed queries use.
 pub(super) fn window_columns<S: Source>(p: &Pipeline<S>) -> Vec<String> {
@@ -364,6 +296,5 @@ impl<S: Source> Pipeline<S> {
                 .sum(),
         );
         self.health.committed();
-        let _ = Arc::clone(&self.metrics);
     }
 }

@@ -5,12 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::RecordBatch;
-use datafusion::error::DataFusionError;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{MessageIndex, PartBatch};
-use super::partitions::origins;
+use super::part::{MessageIndex, PartBatch, refused_rows, run_on};
 use super::{Pipeline, PipelineError, Stop};
 use crate::ledger::{CommitState, LedgerError, PartitionLedger, Progress};
 use crate::retry::{RetryError, Transient, retry_reporting};
@@ -18,17 +15,7 @@ use crate::sink::dead_letter;
 use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError};
 use crate::source::{Source, TopicPartition};
 use crate::transform::isolate::run_isolating;
-use crate::transform::{Planner, Target, Transform};
-
-/// Run `t` over `rows` in the planner's batch table.
-pub(super) async fn run_on(
-    planner: &Planner,
-    t: &Transform,
-    rows: RecordBatch,
-) -> Result<Vec<RecordBatch>, DataFusionError> {
-    planner.batch.set(vec![rows]);
-    t.execute(&planner.batch_ctx).await
-}
+use crate::transform::{Target, Transform};
 
 /// One partition's commit, encoded and waiting for its I/O.
 struct Prepared {
@@ -217,10 +204,11 @@ impl<S: Source> Pipeline<S> {
         }
         let windows = part.windows.as_ref().unwrap_or(&owned.windows);
         let mut blobs = BTreeMap::new();
-        for (key, state) in &windows.queries {
-            let Some(w) = self.queries.windows.get(key) else {
-                continue;
-            };
+        let empty = crate::windows::state::QueryState::default();
+        // Every windowed query has its (possibly empty) state in the entry: a query missing from
+        // an entry is one the partition never ran, which a later load fills from the lake.
+        for (key, w) in &self.queries.windows {
+            let state = windows.queries.get(key).unwrap_or(&empty);
             blobs.insert(
                 key.clone(),
                 state
@@ -257,45 +245,6 @@ impl<S: Source> Pipeline<S> {
             if dataset != dead_letter::DATASET {
                 *self.summary.lake_rows.entry(dataset).or_default() += n;
             }
-        }
-    }
-}
-
-/// Dead letters for the rows (of `rows`, at the indices of `poison`) that `t` could not process.
-pub(super) fn refused_rows(
-    index: &mut MessageIndex<'_>,
-    rows: &RecordBatch,
-    poison: &[(usize, String)],
-    t: &Transform,
-) -> Result<Vec<crate::source::DeadLetter>, Stop> {
-    let mut out = Vec::new();
-    if poison.is_empty() {
-        return Ok(out);
-    }
-    let at = origins(rows)?;
-    for (i, err) in poison {
-        let Some(origin) = at.get(*i) else { continue };
-        let reason = format!(
-            "{} ({}) cannot process this row: {err}",
-            t.target_name(),
-            t.file.display()
-        );
-        tracing::warn!(partition = origin.0, offset = origin.1, %reason, "row refused by a transform: dead letter");
-        if let Some(d) = index.refused(*origin, &t.target_name(), reason) {
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
-/// Give each dead letter to the batch part of its partition.
-pub(super) fn route(parts: &mut [PartBatch], dead: Vec<crate::source::DeadLetter>) {
-    for d in dead {
-        if let Some(p) = parts
-            .iter_mut()
-            .find(|p| p.tp.partition == d.partition && p.tp.topic == d.topic)
-        {
-            p.dead.push(d);
         }
     }
 }

@@ -15,9 +15,11 @@
 mod batch;
 mod gate;
 mod lake_step;
+mod part;
 pub mod partitions;
 mod points;
 mod queries;
+mod seed;
 mod windows_step;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{BatchEnd, BatchLimits, DecodeRules, collect_batch};
 use crate::config::{Config, OnNewTopic};
-use crate::ledger::{LedgerError, OffsetLedger};
+use crate::ledger::LedgerError;
 use crate::metrics::{Health, Metrics};
 use crate::retry::{Backoff, RetryError, Transient, retry_reporting};
 use crate::sink::influx::{InfluxError, InfluxSink, InfluxTarget};
@@ -134,6 +136,8 @@ pub struct PipelineOptions {
     pub lake_timeout: Duration,
     /// What to do when the topic's id changed.
     pub on_new_topic: OnNewTopic,
+    /// The lake dataset that keeps every transaction (history for new windowed queries).
+    pub raw_dataset: String,
     /// Name of this engine process (tag `engine` of the `carflow_engine` measurement).
     pub engine_id: String,
     /// Write the engine's own per-batch metrics to the Influx sink.
@@ -154,6 +158,7 @@ impl PipelineOptions {
             backoff: Backoff::default(),
             lake_timeout: c.lake.timeout.0,
             on_new_topic: c.lake.on_new_topic,
+            raw_dataset: c.lake.raw_dataset.clone(),
             engine_id: engine_id.into(),
             engine_metrics: true,
         }
@@ -273,6 +278,8 @@ pub struct Pipeline<S: Source> {
     sinks: Sinks,
     book: Book,
     carry: Option<Message>,
+    /// Windowed queries whose open windows owned partitions must fill from the lake.
+    to_seed: BTreeMap<String, Vec<TopicPartition>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     summary: RunSummary,
@@ -302,6 +309,7 @@ impl<S: Source> Pipeline<S> {
                 view: TopicView::default(),
             },
             carry: None,
+            to_seed: BTreeMap::new(),
             metrics,
             health,
             summary: RunSummary::default(),
@@ -396,7 +404,11 @@ impl<S: Source> Pipeline<S> {
                                 _ = tokio::time::sleep(stalled_wait) => {}
                             }
                             stalled_wait = (stalled_wait * 2).min(Duration::from_secs(30));
-                            self.reload_queries().await;
+                            match self.reload_queries(shutdown).await {
+                                Ok(()) | Err(Stop::Stalled(_)) => {}
+                                Err(Stop::Shutdown) => return Ok(self.summary.clone()),
+                                Err(Stop::Failed(e)) => return Err(e),
+                            }
                         }
                     }
                 }
@@ -407,24 +419,48 @@ impl<S: Source> Pipeline<S> {
                 break;
             }
             if self.options.reload_queries {
-                self.reload_queries().await;
+                match self.reload_queries(shutdown).await {
+                    Ok(()) | Err(Stop::Stalled(_)) => {}
+                    Err(Stop::Shutdown) => break,
+                    Err(Stop::Failed(e)) => return Err(e),
+                }
             }
         }
         Ok(self.summary.clone())
     }
 
-    async fn reload_queries(&mut self) {
-        let changed = self
+    async fn reload_queries(&mut self, shutdown: &CancellationToken) -> Result<(), Stop> {
+        let started = self
             .queries
             .reload(&self.options, &self.metrics, &self.health)
             .await;
-        if changed {
-            // A changed windowed query starts over: state of another version is not reused.
-            let live = self.queries.window_keys();
-            for o in self.book.owned.values_mut() {
-                o.windows.queries.retain(|k, _| live.contains(k));
-            }
+        if started.is_empty()
+            && self.book.owned.values().all(|o| {
+                o.windows
+                    .queries
+                    .keys()
+                    .all(|k| self.queries.windows.contains_key(k))
+            })
+        {
+            return Ok(());
         }
+        // State of a removed or another version of a query is not reused; a new or changed
+        // windowed query fills its open windows from the lake.
+        let live = self.queries.window_keys();
+        let owned: Vec<TopicPartition> = self.book.owned.keys().cloned().collect();
+        for o in self.book.owned.values_mut() {
+            o.windows
+                .queries
+                .retain(|k, _| live.contains(k) && !started.contains(k));
+        }
+        for key in started {
+            self.to_seed
+                .entry(key)
+                .or_default()
+                .extend(owned.iter().cloned());
+        }
+        let wanted = std::mem::take(&mut self.to_seed);
+        self.seed(wanted, shutdown).await
     }
 
     /// Apply ownership changes: drop revoked partitions' state, load assigned ones (and rewrite
@@ -459,6 +495,10 @@ impl<S: Source> Pipeline<S> {
         }
         if !loaded.is_empty() {
             self.heal(&loaded, shutdown).await?;
+        }
+        if !self.to_seed.is_empty() {
+            let wanted = std::mem::take(&mut self.to_seed);
+            self.seed(wanted, shutdown).await?;
         }
         Ok(revoked_now)
     }
@@ -499,6 +539,10 @@ impl<S: Source> Pipeline<S> {
         };
         self.health.set("lake", None);
         let mut windows = PartitionWindows::default();
+        let committed: Vec<String> = entry
+            .as_ref()
+            .map(|e| e.windows.keys().cloned().collect())
+            .unwrap_or_default();
         if let Some(entry) = &entry {
             for (key, blob) in &entry.windows {
                 let Some(w) = self.queries.windows.get(key) else {
@@ -524,6 +568,18 @@ impl<S: Source> Pipeline<S> {
             .as_ref()
             .map(|e| e.progress.clone())
             .unwrap_or_default();
+        // A windowed query the commit knew nothing of (new, or of another version) fills its
+        // open windows from the lake.
+        if ledger.seq > 0 {
+            for key in self.queries.windows.keys() {
+                if !windows.queries.contains_key(key) || !committed.contains(key) {
+                    self.to_seed
+                        .entry(key.clone())
+                        .or_default()
+                        .push(tp.clone());
+                }
+            }
+        }
         self.book.observed.remove(tp);
         self.book.owned.insert(
             tp.clone(),
@@ -604,8 +660,3 @@ pub(crate) async fn with_timeout<T>(
 
 /// Which windows of which queries to rewrite.
 pub(crate) type WindowSet = BTreeMap<String, BTreeSet<i64>>;
-
-/// The ledger an engine commits through (for `carflow` tools).
-pub fn ledger_of(sinks: &Sinks) -> &OffsetLedger {
-    sinks.lake.ledger()
-}

@@ -6,8 +6,7 @@ use arrow::compute::concat_batches;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{MessageIndex, PartBatch};
-use super::lake_step::{refused_rows, route, run_on};
+use super::part::{MessageIndex, PartBatch, refused_rows, route, run_on};
 use super::{Pipeline, PipelineError, Stop};
 use crate::line_protocol::encode_batch_counted;
 use crate::retry::{RetryError, Transient, retry_reporting};

@@ -128,7 +128,7 @@ impl Queries {
                 Target::Influx { .. } => None,
             })
             .collect();
-        q.rebuild_windows().await;
+        let _ = q.rebuild_windows().await;
         q.remember(&report.loaded).await;
         metrics.transforms.set(q.transforms.len() as i64);
         health.set("transform", q.refused_problem());
@@ -145,13 +145,14 @@ impl Queries {
         self.transforms.reload(&self.planner, &dir, &mut gate).await
     }
 
-    /// Pick up added, changed, renamed and removed files; true when the running set changed.
+    /// Pick up added, changed, renamed and removed files; returns the keys of windowed queries
+    /// that are new or of a new version (their state starts empty and is seeded from the lake).
     pub async fn reload(
         &mut self,
         _o: &PipelineOptions,
         metrics: &Metrics,
         health: &Health,
-    ) -> bool {
+    ) -> Vec<String> {
         if !self.records.is_loaded()
             && let Ok(Ok(r)) = tokio::time::timeout(
                 std::time::Duration::from_secs(5),
@@ -165,7 +166,7 @@ impl Queries {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, dir = %self.dir.display(), "cannot scan the queries directory");
-                return false;
+                return Vec::new();
             }
         };
         for f in &r.loaded {
@@ -185,12 +186,13 @@ impl Queries {
             .collect();
         health.set("transform", self.refused_problem());
         let changed = !(r.loaded.is_empty() && r.removed.is_empty());
+        let mut started = Vec::new();
         if changed {
             metrics.transforms.set(self.transforms.len() as i64);
-            self.rebuild_windows().await;
+            started = self.rebuild_windows().await;
             self.remember(&r.loaded).await;
         }
-        changed
+        started
     }
 
     /// Record accepted versions (and dataset shapes) in the lake.
@@ -211,7 +213,9 @@ impl Queries {
         }
     }
 
-    async fn rebuild_windows(&mut self) {
+    /// Rebuild the windowed queries' machinery; returns the keys that are new or of a new version.
+    async fn rebuild_windows(&mut self) -> Vec<String> {
+        let mut started = Vec::new();
         let mut next = BTreeMap::new();
         self.planner.batch.set(Vec::new());
         for t in self.transforms.iter() {
@@ -233,6 +237,7 @@ impl Queries {
             }
             match WindowQuery::new(&t.plan, spec.clone(), &self.planner.batch_ctx).await {
                 Ok(query) => {
+                    started.push(key.clone());
                     next.insert(
                         key,
                         WindowEntry {
@@ -249,6 +254,7 @@ impl Queries {
             }
         }
         self.windows = next;
+        started
     }
 
     /// Keys of the windowed queries running now.

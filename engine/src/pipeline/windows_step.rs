@@ -19,8 +19,7 @@ use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{MessageIndex, PartBatch};
-use super::lake_step::route;
+use super::part::{MessageIndex, PartBatch, refused_rows, route};
 use super::partitions::Observed;
 use super::{Pipeline, PipelineError, Stop, WindowSet, with_timeout};
 use crate::line_protocol::encode_batch_counted;
@@ -28,14 +27,14 @@ use crate::schema::source_schema;
 use crate::source::{Source, TopicPartition};
 use crate::transform::isolate::run_isolating;
 use crate::windows::state::QueryState;
-use crate::windows::watermark::PartitionProgress;
+use crate::windows::watermark::{PartitionProgress, late_rows};
 
 /// How many times a merged write is redone when other partitions keep committing.
 const MAX_REWRITES: usize = 5;
 
 impl<S: Source> Pipeline<S> {
     /// The newest closed boundary of `column` over every partition known.
-    fn closed_before(&self, column: &str) -> Option<i64> {
+    pub(super) fn closed_before(&self, column: &str) -> Option<i64> {
         self.book
             .owned
             .values()
@@ -86,10 +85,6 @@ impl<S: Source> Pipeline<S> {
                     .owned
                     .get(&part.tp)
                     .and_then(|o| o.progress.max_event_ms.get(&spec.column).copied());
-                let Some(before) = self.book.clock.late_before(own_max, closed) else {
-                    inputs.push(fresh.clone());
-                    continue;
-                };
                 let times = arrow::compute::cast(
                     fresh.column_by_name(&spec.column).ok_or_else(|| {
                         PipelineError::Arrow(arrow::error::ArrowError::SchemaError(format!(
@@ -100,11 +95,14 @@ impl<S: Source> Pipeline<S> {
                     &DataType::Timestamp(TimeUnit::Millisecond, None),
                 )?;
                 let times = times.as_primitive::<TimestampMillisecondType>();
-                let keep: Vec<bool> = (0..times.len())
-                    .map(|r| {
-                        times.is_null(r) || spec.end_of(spec.start_of(times.value(r))) > before
-                    })
-                    .collect();
+                let late = late_rows(
+                    (0..times.len()).map(|r| (!times.is_null(r)).then(|| times.value(r))),
+                    spec,
+                    self.book.clock.lateness_ms(),
+                    own_max,
+                    closed,
+                );
+                let keep: Vec<bool> = late.iter().map(|l| !l).collect();
                 if keep.iter().all(|k| *k) {
                     inputs.push(fresh.clone());
                     continue;
@@ -147,7 +145,7 @@ impl<S: Source> Pipeline<S> {
                 }
             }
             if let Some(t) = &transform {
-                let refused = super::lake_step::refused_rows(index, &rows, &iso.poison, t)?;
+                let refused = refused_rows(index, &rows, &iso.poison, t)?;
                 route(parts, refused);
             }
             if iso.outputs.iter().all(|b| b.num_rows() == 0) {

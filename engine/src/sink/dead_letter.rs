@@ -19,7 +19,7 @@ use crate::sink::lake::DatasetOutput;
 use crate::source::DeadLetter;
 
 /// The name of the dead-letter dataset.
-pub const DATASET: &str = "dead_letters";
+pub const DATASET: &str = crate::schema::DEAD_LETTERS;
 
 /// At most this much of a payload is kept as text (the bytes are kept whole).
 const TEXT_LIMIT: usize = 64 << 10;

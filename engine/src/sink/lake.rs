@@ -236,30 +236,6 @@ pub fn nullable(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowE
     RecordBatch::try_new(Arc::new(loose), batch.columns().to_vec())
 }
 
-/// Can Parquet hold columns of `schema`? (A query whose output it cannot write is refused when
-/// it is loaded, with the column, rather than failing on every batch.)
-pub fn check_writable(schema: &SchemaRef) -> Result<(), String> {
-    let loose: SchemaRef = Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    ));
-    let row = RecordBatch::try_new(
-        Arc::clone(&loose),
-        loose
-            .fields()
-            .iter()
-            .map(|f| arrow::array::new_null_array(f.data_type(), 1))
-            .collect(),
-    )
-    .map_err(|e| e.to_string())?;
-    encode_parquet(&row, &WriterProperties::builder().build())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 /// A Hive path segment: `key=value` with unusual characters percent-encoded.
 pub fn hive_segment(key: &str, value: Option<&str>) -> String {
     let Some(value) = value else {

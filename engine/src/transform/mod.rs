@@ -225,7 +225,7 @@ impl Planner {
                     .filter(|f| !parsed.partition_by.contains(f.name()))
                     .cloned()
                     .collect();
-                crate::sink::lake::check_writable(&Arc::new(arrow::datatypes::Schema::new(
+                crate::schema::parquet_writable(&Arc::new(arrow::datatypes::Schema::new(
                     data_fields,
                 )))
                 .map_err(|e| {
@@ -313,7 +313,7 @@ fn hive_type(t: &DataType) -> bool {
 }
 
 fn validate_dataset(name: &str) -> Result<(), String> {
-    if name == crate::sink::dead_letter::DATASET {
+    if name == crate::schema::DEAD_LETTERS {
         return Err(format!(
             "lake.{name} is reserved for messages that could not be processed; choose another dataset name"
         ));

@@ -8,12 +8,16 @@
 //!   so for `idle_timeout`; being unassigned or unread never makes a partition idle. When every
 //!   partition is idle, the watermark is the newest event anywhere less the lateness.
 //! - Windows ending at or before the watermark are **closed**: their state is dropped.
-//! - A row is **late** when its window ended at or before its own partition's newest event (before
-//!   the batch) less the lateness, or at or before the closed boundary of any partition.
+//! - A row is **late** when its window ended at or before the newest event its own partition had
+//!   shown before it (rows are judged in offset order) less the lateness, or at or before the closed
+//!   boundary of any partition ([`late_rows`]). Judged row by row in offset order, lateness is a
+//!   function of the partition's own sequence: a backfill or a reconcile over the lake finds the
+//!   same late rows as the stream did.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use super::WindowSpec;
 use crate::source::TopicPartition;
 
 /// What is known of one partition's progress (from memory for owned partitions, from the latest
@@ -105,16 +109,30 @@ impl TopicClock {
         }
         wm
     }
+}
 
-    /// Rows of a partition whose windows end at or before this are late: its newest event (before
-    /// the batch) less the lateness, or the newest closed boundary of any partition.
-    pub fn late_before(&self, own_max_event: Option<i64>, closed: Option<i64>) -> Option<i64> {
-        let own = own_max_event.map(|m| m.saturating_sub(self.lateness_ms));
-        match (own, closed) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
-    }
+/// Which of one partition's rows (event times in offset order; `None` for a null time) are late
+/// for windows of `spec`: a row whose window ends at or before the newest event time seen before
+/// it (`seen`: committed before these rows, then each earlier row) less `lateness_ms`, or at or
+/// before `closed`.
+pub fn late_rows(
+    times: impl IntoIterator<Item = Option<i64>>,
+    spec: &WindowSpec,
+    lateness_ms: i64,
+    mut seen: Option<i64>,
+    closed: Option<i64>,
+) -> Vec<bool> {
+    times
+        .into_iter()
+        .map(|t| {
+            let Some(t) = t else { return false };
+            let end = spec.end_of(spec.start_of(t));
+            let late = seen.is_some_and(|m| end <= m.saturating_sub(lateness_ms))
+                || closed.is_some_and(|c| end <= c);
+            seen = Some(seen.map_or(t, |m| m.max(t)));
+            late
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -193,19 +211,34 @@ mod tests {
     }
 
     #[test]
-    fn late_rows_are_judged_by_their_own_partition_and_every_closed_window() {
-        let clock = TopicClock::new(Duration::from_secs(60), Duration::from_secs(30));
-        assert_eq!(clock.late_before(Some(1_000_000), None), Some(940_000));
+    fn rows_are_judged_in_offset_order_against_everything_seen_before_them() {
+        let spec = WindowSpec {
+            column: "sold_at".into(),
+            width_ms: 60_000,
+            origin_ms: 0,
+        };
+        let m = 60_000;
+        // lateness 2 min: after an event at minute 10, a row of minute 7 (ends at 8) is late, one
+        // of minute 8 (ends at 9 > 8) is not; the earlier rows of the batch count.
+        let times = [
+            Some(10 * m),
+            Some(7 * m + 5),
+            Some(8 * m),
+            None,
+            Some(5 * m),
+        ];
         assert_eq!(
-            clock.late_before(Some(1_000_000), Some(990_000)),
-            Some(990_000)
+            late_rows(times, &spec, 2 * m, None, None),
+            vec![false, true, false, false, true]
         );
-        assert_eq!(clock.late_before(None, Some(5)), Some(5));
-        assert_eq!(clock.late_before(None, None), None);
+        // What was committed before the batch counts too, and so does a closed boundary.
         assert_eq!(
-            TopicClock::new(Duration::from_secs(60), Duration::ZERO)
-                .late_before(Some(i64::MIN), None),
-            Some(i64::MIN)
+            late_rows([Some(7 * m)], &spec, 2 * m, Some(10 * m), None),
+            vec![true]
+        );
+        assert_eq!(
+            late_rows([Some(20 * m)], &spec, 2 * m, None, Some(21 * m)),
+            vec![true]
         );
     }
 }

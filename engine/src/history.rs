@@ -1,0 +1,246 @@
+//! The lake's history as the stream saw it, for running a query over the past: a backfill of a
+//! new query, a reconcile of InfluxDB against the lake, and the seeding of a new windowed query's
+//! open windows.
+//!
+//! The raw dataset (`lake.raw_dataset`, default `cars`: every transaction with its `_topic`,
+//! `_partition`, `_offset` and `_kafka_ts`) is read back as `transactions`. For a windowed query
+//! the rows the stream left out of its windows are left out here too: rows it counted late (judged
+//! per partition in offset order by [`late_rows`], the stream's own rule) and rows the query
+//! refused (dead letters naming it). So the query over this history gives the points the stream
+//! wrote.
+//!
+//! What it cannot know: a row the raw dataset's own query refused (a dead letter naming
+//! `lake.cars`) was still counted by the windows; a row late only because another partition had
+//! closed its window (a partition waking up after long idleness) was not. Both are rare and show
+//! as differences in a reconcile.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit, TimestampMillisecondType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::prelude::SessionContext;
+
+use crate::catalog::register_lake;
+use crate::schema::{COL_OFFSET, COL_PARTITION, DEAD_LETTERS, source_schema};
+use crate::storage::Location;
+use crate::transform::{Planner, Transform};
+use crate::windows::WindowSpec;
+use crate::windows::watermark::late_rows;
+
+/// An event-time range `[from, to)` in milliseconds; either end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Range {
+    /// Inclusive start.
+    pub from: Option<i64>,
+    /// Exclusive end.
+    pub to: Option<i64>,
+}
+
+impl Range {
+    /// Does `t` fall in the range?
+    pub fn contains(&self, t: i64) -> bool {
+        self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|e| t < e)
+    }
+}
+
+/// The lake, opened for reading its history.
+pub struct History {
+    ctx: SessionContext,
+    raw: String,
+    has_dt: bool,
+}
+
+fn internal(m: impl Into<String>) -> DataFusionError {
+    DataFusionError::Execution(m.into())
+}
+
+fn sql_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+impl History {
+    /// Open the lake at `location`; `raw` names its raw dataset.
+    pub async fn open(location: &Location, raw: &str) -> Result<Self> {
+        let ctx = SessionContext::new();
+        let found = register_lake(&ctx, location).await?;
+        let Some(d) = found.iter().find(|d| d.name == raw) else {
+            return Err(internal(format!(
+                "the lake at {} has no dataset `{raw}` (lake.raw_dataset): it is written by the query \
+                 that keeps every transaction, e.g. queries/cars.sql",
+                location.url
+            )));
+        };
+        Ok(Self {
+            has_dt: d.partition_cols.iter().any(|c| c == "dt"),
+            raw: raw.to_string(),
+            ctx,
+        })
+    }
+
+    /// The session with every dataset of the lake as a table.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The raw rows with `column` in `range` (and, when given, of one partition), in the
+    /// `transactions` schema, ordered by partition and offset.
+    pub async fn rows(
+        &self,
+        column: &str,
+        range: Range,
+        partition: Option<i32>,
+    ) -> Result<RecordBatch> {
+        let schema = source_schema();
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("\"{}\"", f.name()))
+            .collect();
+        let mut filters = Vec::new();
+        if let Some(f) = range.from {
+            filters.push(format!("\"{column}\" >= TIMESTAMP '{}'", sql_time(f)));
+            if self.has_dt && column == crate::schema::EVENT_TIME {
+                // The raw dataset's days: prune whole directories.
+                let day = sql_time(f.div_euclid(86_400_000) * 86_400_000);
+                filters.push(format!("dt >= '{}'", &day[..10]));
+            }
+        }
+        if let Some(t) = range.to {
+            filters.push(format!("\"{column}\" < TIMESTAMP '{}'", sql_time(t)));
+        }
+        if let Some(p) = partition {
+            filters.push(format!("\"{COL_PARTITION}\" = {p}"));
+        }
+        let sql = format!(
+            "SELECT {} FROM \"{}\" {} ORDER BY \"{COL_PARTITION}\", \"{COL_OFFSET}\"",
+            cols.join(", "),
+            self.raw,
+            if filters.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", filters.join(" AND "))
+            }
+        );
+        let batches = self.ctx.sql(&sql).await?.collect().await?;
+        // Cast to the declared schema (the lake stores every column as nullable).
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                let cols = b
+                    .columns()
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                RecordBatch::try_new(Arc::clone(&schema), cols)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(concat_batches(&schema, &batches)?)
+    }
+
+    /// (partition, offset) of every row dead-lettered by `transform` (`influx.<name>`).
+    pub async fn refused_by(&self, transform: &str) -> Result<HashSet<(i32, i64)>> {
+        let has_column = match self.ctx.table(DEAD_LETTERS).await {
+            Ok(t) => t.schema().field_with_unqualified_name("transform").is_ok(),
+            Err(_) => false,
+        };
+        let mut out = HashSet::new();
+        if !has_column {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT \"partition\", \"offset\" FROM {DEAD_LETTERS} WHERE transform = '{}'",
+            transform.replace('\'', "''")
+        );
+        for b in self.ctx.sql(&sql).await?.collect().await? {
+            let p = arrow::compute::cast(b.column(0), &DataType::Int32)?;
+            let o = arrow::compute::cast(b.column(1), &DataType::Int64)?;
+            let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
+            for i in 0..b.num_rows() {
+                out.insert((p.value(i), o.value(i)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The rows a windowed query counted for the windows starting in `range`: the raw rows minus
+    /// the late ones (judged per partition in offset order, from everything that could matter
+    /// before) and minus those it refused.
+    pub async fn window_input(
+        &self,
+        t: &Transform,
+        spec: &WindowSpec,
+        lateness: Duration,
+        range: Range,
+        partition: Option<i32>,
+    ) -> Result<RecordBatch> {
+        let lateness_ms = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
+        // A row before `from` less the lateness and a window can no longer make a row of the
+        // range late: reading from there gives the same decisions as the whole history.
+        let read = Range {
+            from: range
+                .from
+                .map(|f| f.saturating_sub(lateness_ms).saturating_sub(spec.width_ms)),
+            to: range.to,
+        };
+        let rows = self.rows(&spec.column, read, partition).await?;
+        let refused = self.refused_by(&t.target_name()).await?;
+        let times = arrow::compute::cast(
+            rows.column_by_name(&spec.column)
+                .ok_or_else(|| internal(format!("no column {}", spec.column)))?,
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?;
+        let times = times.as_primitive::<TimestampMillisecondType>();
+        let parts = rows
+            .column_by_name(COL_PARTITION)
+            .ok_or_else(|| internal("no _partition"))?
+            .as_primitive::<Int32Type>()
+            .clone();
+        let offsets = rows
+            .column_by_name(COL_OFFSET)
+            .ok_or_else(|| internal("no _offset"))?
+            .as_primitive::<Int64Type>()
+            .clone();
+        let mut keep = vec![false; rows.num_rows()];
+        let mut start = 0;
+        while start < rows.num_rows() {
+            let p = parts.value(start);
+            let mut end = start;
+            while end < rows.num_rows() && parts.value(end) == p {
+                end += 1;
+            }
+            let late = late_rows(
+                (start..end).map(|i| (!times.is_null(i)).then(|| times.value(i))),
+                spec,
+                lateness_ms,
+                None,
+                None,
+            );
+            for (k, i) in (start..end).enumerate() {
+                let in_range = !times.is_null(i) && range.contains(spec.start_of(times.value(i)));
+                keep[i] = in_range && !late[k] && !refused.contains(&(p, offsets.value(i)));
+            }
+            start = end;
+        }
+        Ok(filter_record_batch(&rows, &BooleanArray::from(keep))?)
+    }
+
+    /// Run `t`'s query over `rows` (as `transactions`).
+    pub async fn run(
+        &self,
+        planner: &Planner,
+        t: &Transform,
+        rows: RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
+        planner.batch.set(vec![rows]);
+        let out = t.execute(&planner.batch_ctx).await;
+        planner.batch.set(Vec::new());
+        out
+    }
+}
