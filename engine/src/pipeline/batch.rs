@@ -88,7 +88,7 @@ impl<S: Source> Pipeline<S> {
             let window_points = self.write_windows(touched, shutdown).await?;
             self.finish_batch(&parts, bytes, row_points + window_points, started)
                 .await;
-            self.close_windows();
+            self.close_windows_now().await;
             tracing::debug!(
                 records = kept.len(),
                 rows = decoded.rows.num_rows(),
@@ -137,11 +137,23 @@ impl<S: Source> Pipeline<S> {
 
     /// Refresh the topic view (every partition's end, the topic's id), at most once a second.
     pub(super) async fn refresh_view(&mut self) {
-        match self
-            .source
-            .topic_view(std::time::Duration::from_secs(1))
+        self.refresh_view_within(std::time::Duration::from_secs(1))
             .await
-        {
+    }
+
+    /// Close windows with a view of the ends read now when a partition counts as caught up: a
+    /// cached end would let a partition whose new messages this engine has not fetched yet pass
+    /// for idle, and windows close over its rows (seen as late rows after a quiet spell).
+    pub(super) async fn close_windows_now(&mut self) {
+        if self.book.clock.any_caught_up() {
+            self.refresh_view_within(std::time::Duration::ZERO).await;
+        }
+        self.close_windows();
+    }
+
+    /// Refresh the topic view unless the one held is younger than `max_age`.
+    async fn refresh_view_within(&mut self, max_age: std::time::Duration) {
+        match self.source.topic_view(max_age).await {
             Ok(v) => {
                 self.book.view = v;
                 self.health.set("source", None);

@@ -380,8 +380,7 @@ impl<S: Source> Pipeline<S> {
             .await?;
             if end == BatchEnd::Idle {
                 // A quiet topic: windows every partition has passed still close.
-                self.refresh_view().await;
-                self.close_windows();
+                self.close_windows_now().await;
             }
             if !messages.is_empty() {
                 loop {

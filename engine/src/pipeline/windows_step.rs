@@ -67,6 +67,7 @@ impl<S: Source> Pipeline<S> {
             }
         }
         let mut late_masks: Vec<Option<Vec<bool>>> = vec![None; parts.len()];
+        let mut late_first: Vec<Option<String>> = vec![None; parts.len()];
         let entries: Vec<(String, super::queries::WindowEntry)> = self
             .queries
             .windows
@@ -106,6 +107,25 @@ impl<S: Source> Pipeline<S> {
                 if keep.iter().all(|k| *k) {
                     inputs.push(fresh.clone());
                     continue;
+                }
+                if late_first[i].is_none()
+                    && let Some(r) = late.iter().position(|l| *l)
+                {
+                    let t = times.value(r);
+                    late_first[i] = Some(format!(
+                        "first late row: offset {}, {} = {}, its {} window ended at {}; the partition had shown events up to {} before it (allowed lateness {} s); windows closed before {}",
+                        fresh
+                            .column_by_name(crate::schema::COL_OFFSET)
+                            .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(r))
+                            .unwrap_or(-1),
+                        spec.column,
+                        crate::windows::fmt_ms(t),
+                        key,
+                        crate::windows::fmt_ms(spec.end_of(spec.start_of(t))),
+                        own_max.map_or("(none)".into(), crate::windows::fmt_ms),
+                        self.book.clock.lateness_ms() / 1000,
+                        closed.map_or("(none)".into(), crate::windows::fmt_ms),
+                    ));
                 }
                 let mask = late_masks[i].get_or_insert_with(|| vec![false; keep.len()]);
                 for (m, k) in mask.iter_mut().zip(&keep) {
@@ -204,11 +224,11 @@ impl<S: Source> Pipeline<S> {
             }
         }
         self.queries.planner.batch.set(Vec::new());
-        for (part, mask) in parts.iter_mut().zip(late_masks) {
+        for ((part, mask), first) in parts.iter_mut().zip(late_masks).zip(late_first) {
             if let Some(mask) = mask {
                 part.late = mask.iter().filter(|m| **m).count() as u64;
                 if part.late > 0 {
-                    tracing::warn!(partition = %part.tp, late = part.late,
+                    tracing::warn!(partition = %part.tp, late = part.late, detail = first.unwrap_or_default(),
                         "rows later than the allowed lateness: kept in the lake, not in their windows");
                 }
             }
@@ -421,6 +441,7 @@ impl<S: Source> Pipeline<S> {
                 continue;
             }
             if let Some(wm) = self.book.clock.watermark(c, &ends, &progress, now) {
+                tracing::debug!(column = %c, watermark = %crate::windows::fmt_ms(wm), "watermark");
                 marks.insert(c.clone(), wm);
             }
         }

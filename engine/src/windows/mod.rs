@@ -60,6 +60,14 @@ impl WindowSpec {
     }
 }
 
+/// An event time (ms since the epoch) for messages: RFC 3339 in UTC, or the raw number when it
+/// is outside chrono's range.
+pub fn fmt_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 /// How an Influx query relates rows to points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Windowing {
