@@ -259,20 +259,29 @@ fn check_event_times(
             true
         } else {
             let t = times.value(i);
+            let number = || sold_at_is_number(messages[good[i]].payload.as_deref());
             let reason = if t < rules.min_event_ms {
                 Some(format!(
-                    "sold_at {} is before {} (the earliest accepted event time, events.min_time); \
-                     an epoch number must be in milliseconds, not seconds",
+                    "sold_at {} is before {} (the earliest accepted event time, events.min_time){}",
                     format_ms(t),
-                    format_ms(rules.min_event_ms)
+                    format_ms(rules.min_event_ms),
+                    if number() {
+                        "; an epoch number must be in milliseconds, not seconds"
+                    } else {
+                        ""
+                    }
                 ))
             } else if t > max {
                 Some(format!(
-                    "sold_at {} is more than {}s past the wall clock ({}; events.max_future); \
-                     an epoch number must be in milliseconds, not micro- or nanoseconds",
+                    "sold_at {} is more than {}s past the wall clock ({}; events.max_future){}",
                     format_ms(t),
                     rules.max_future.as_secs(),
-                    format_ms(now)
+                    format_ms(now),
+                    if number() {
+                        "; an epoch number must be in milliseconds, not micro- or nanoseconds"
+                    } else {
+                        ""
+                    }
                 ))
             } else {
                 None
@@ -293,6 +302,20 @@ fn check_event_times(
     arrow::compute::filter_record_batch(&rows, &arrow::array::BooleanArray::from(keep))
 }
 
+/// Was `sold_at` written as a JSON number (an epoch) rather than a string? For the reason of a
+/// refused event time only.
+fn sold_at_is_number(payload: Option<&[u8]>) -> bool {
+    let Some(p) = payload else { return false };
+    let key = format!("\"{EVENT_TIME}\"");
+    let Some(at) = p.windows(key.len()).position(|w| w == key.as_bytes()) else {
+        return false;
+    };
+    p[at + key.len()..]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace() && **b != b':')
+        .is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+}
+
 fn precheck(m: &Message, max_message_bytes: usize) -> Result<(), String> {
     let Some(payload) = &m.payload else {
         return Err("empty message: the value is null (a tombstone)".into());
@@ -310,8 +333,25 @@ fn precheck(m: &Message, max_message_bytes: usize) -> Result<(), String> {
         ));
     }
     // arrow-json's reader does not check an object's commas; a JSON parser does.
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err("malformed JSON: the message holds no JSON object".into());
+    }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
-        return Err(format!("malformed JSON: {e}"));
+        let values = serde_json::Deserializer::from_slice(payload)
+            .into_iter::<serde::de::IgnoredAny>()
+            .try_fold(0usize, |n, v| v.map(|_| n + 1));
+        if let Ok(n) = values
+            && n > 1
+        {
+            return Err(format!(
+                "malformed JSON: the message holds {n} JSON values, expected exactly one object"
+            ));
+        }
+        return Err(if e.is_eof() {
+            format!("malformed JSON: the message is incomplete (truncated?): {e}")
+        } else {
+            format!("malformed JSON: {e}")
+        });
     }
     Ok(())
 }

@@ -186,12 +186,20 @@ fn event_times_outside_the_accepted_range_are_dead_letters_that_say_why() {
     let out = decode_batch(&messages, 1 << 20).unwrap();
     assert_eq!(out.rows.num_rows(), 3, "{:?}", out.dead_letters);
     assert_eq!(out.dead_letters.len(), cases.len());
-    for (d, (_, why)) in out.dead_letters.iter().zip(cases) {
+    for (i, (sold_at, why)) in cases.iter().enumerate() {
+        let d = out
+            .dead_letters
+            .iter()
+            .find(|d| d.offset == i as i64)
+            .expect("a dead letter per case");
         assert!(
             d.reason.contains("sold_at") && d.reason.contains(why),
             "{}",
             d.reason
         );
+        // The hint about epoch units is for numbers only.
+        let number = !sold_at.starts_with('"');
+        assert_eq!(d.reason.contains("epoch number"), number, "{}", d.reason);
     }
     let times = out.rows.column_by_name("sold_at").unwrap();
     let times = times.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
