@@ -121,7 +121,7 @@ pub struct GenerateArgs {
     pub seed: Option<u64>,
     /// Event time of the first transaction, RFC 3339 (default: generator.start).
     #[arg(long)]
-    pub start: Option<String>,
+    pub start: Option<carflow_engine::config::Timestamp>,
     /// Average transactions per hour of event time (default: generator.mean_per_hour).
     #[arg(long)]
     pub mean_per_hour: Option<f64>,

@@ -59,7 +59,7 @@ fn start_fresh(c: &Config) -> anyhow::Result<()> {
 pub async fn run(global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let c = demo_config(global, &args)?;
     start_fresh(&c)?;
-    let start_ms = chrono::DateTime::parse_from_rfc3339(&c.generator.start)?.timestamp_millis();
+    let start_ms = c.generator.start.ms();
     let generator = Generator::new(GeneratorConfig {
         seed: c.generator.seed,
         clock: Clock::Simulated {

@@ -32,10 +32,7 @@ pub async fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<ExitCode
     );
     let brokers = args.brokers.clone().unwrap_or(config.kafka.brokers.clone());
     let topic = args.topic.clone().unwrap_or(config.kafka.topic.clone());
-    let start_ms = match &args.start {
-        Some(s) => chrono::DateTime::parse_from_rfc3339(s)?.timestamp_millis(),
-        None => chrono::DateTime::parse_from_rfc3339(&config.generator.start)?.timestamp_millis(),
-    };
+    let start_ms = args.start.unwrap_or(config.generator.start).ms();
     let mean_per_hour = args.mean_per_hour.unwrap_or(config.generator.mean_per_hour);
     let mut generator = Generator::new(GeneratorConfig {
         seed: args.seed.unwrap_or(config.generator.seed),

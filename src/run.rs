@@ -51,8 +51,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
             drive(source, &config, &engine_id, metrics, health, &shutdown).await?
         }
         SourceKind::Generator => {
-            let start_ms =
-                chrono::DateTime::parse_from_rfc3339(&config.generator.start)?.timestamp_millis();
+            let start_ms = config.generator.start.ms();
             let generator = Generator::new(GeneratorConfig {
                 seed: config.generator.seed,
                 clock: Clock::Simulated {

@@ -70,6 +70,92 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// Every default that docs, messages and more than one component refer to, in one place.
+pub mod defaults {
+    /// `batch.max_rows`: close a batch at this many messages.
+    pub const BATCH_MAX_ROWS: usize = 50_000;
+    /// `generator.seed`: the same seed gives the same transactions.
+    pub const GENERATOR_SEED: u64 = 42;
+    /// `generator.mean_per_hour`: transactions per hour of event time (the simulated business).
+    pub const GENERATOR_MEAN_PER_HOUR: f64 = 30_000.0;
+    /// `generator.start`: event time of the first generated transaction (2026-01-01T00:00:00Z).
+    pub const GENERATOR_START_MS: i64 = 1_767_225_600_000;
+    /// `generator.rate`: transactions per second of wall time.
+    pub const GENERATOR_RATE: f64 = 2000.0;
+    /// `events.min_time`: the earliest accepted `sold_at` (2000-01-01T00:00:00Z).
+    pub const EVENTS_MIN_TIME_MS: i64 = 946_684_800_000;
+    /// `windows.max_rows`: rows of open-window state before the oldest windows close early.
+    pub const WINDOWS_MAX_ROWS: usize = 2_000_000;
+}
+
+/// A point in time written as RFC 3339 (`2026-01-01T00:00:00Z`, any offset), held in
+/// milliseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// Milliseconds since the epoch.
+    pub fn ms(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for Timestamp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        chrono::DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| Self(t.timestamp_millis()))
+            .map_err(|_| format!("`{s}` is not an RFC 3339 time; write e.g. 2026-01-01T00:00:00Z"))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => write!(
+                f,
+                "{}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+            None => write!(f, "{} ms", self.0),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a consumer group with no committed offset starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest message the topic still holds.
+    #[default]
+    Earliest,
+    /// Only messages produced after the engine joins.
+    Latest,
+}
+
+impl StartFrom {
+    /// librdkafka's `auto.offset.reset` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
 /// A secret string: shown as `***` by `Debug`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -135,7 +221,7 @@ pub struct KafkaConfig {
     /// Consumer group: engines with the same group share the partitions. Default `carflow`.
     pub group_id: String,
     /// Where a group with no committed offset starts: `earliest` or `latest`. Default `earliest`.
-    pub start_from: String,
+    pub start_from: StartFrom,
     /// Extra librdkafka properties, e.g. `"fetch.max.bytes" = "52428800"`.
     pub properties: std::collections::BTreeMap<String, String>,
 }
@@ -189,7 +275,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "car-transactions-logs".into(),
             group_id: "carflow".into(),
-            start_from: "earliest".into(),
+            start_from: StartFrom::Earliest,
             properties: Default::default(),
         }
     }
@@ -199,26 +285,29 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GeneratorSettings {
-    /// Seed: the same seed gives the same transactions. Default 42.
+    /// Seed: the same seed gives the same transactions. Default [`defaults::GENERATOR_SEED`].
     pub seed: u64,
-    /// Transactions per second of wall time; 0 means as fast as possible. Default 2000.
+    /// Transactions per second of wall time; 0 means as fast as possible. Default
+    /// [`defaults::GENERATOR_RATE`].
     pub rate: f64,
     /// Stop after this many transactions; 0 means no limit. Default 0.
     pub count: u64,
-    /// Average transactions per hour of event time (the simulated business). Default 30000.
+    /// Average transactions per hour of event time (the simulated business). Default
+    /// [`defaults::GENERATOR_MEAN_PER_HOUR`].
     pub mean_per_hour: f64,
-    /// Event time of the first transaction (RFC 3339). Default `2026-01-01T00:00:00Z`.
-    pub start: String,
+    /// Event time of the first transaction (RFC 3339). Default `2026-01-01T00:00:00Z`
+    /// ([`defaults::GENERATOR_START_MS`]).
+    pub start: Timestamp,
 }
 
 impl Default for GeneratorSettings {
     fn default() -> Self {
         Self {
-            seed: crate::generator::DEFAULT_SEED,
-            rate: 2000.0,
+            seed: defaults::GENERATOR_SEED,
+            rate: defaults::GENERATOR_RATE,
             count: 0,
-            mean_per_hour: 30_000.0,
-            start: "2026-01-01T00:00:00Z".into(),
+            mean_per_hour: defaults::GENERATOR_MEAN_PER_HOUR,
+            start: Timestamp(defaults::GENERATOR_START_MS),
         }
     }
 }
@@ -227,7 +316,7 @@ impl Default for GeneratorSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
-    /// Close a batch at this many messages. Default 50000.
+    /// Close a batch at this many messages. Default [`defaults::BATCH_MAX_ROWS`] (50000).
     pub max_rows: usize,
     /// Close a batch at this many payload bytes. Default 33554432 (32 MiB).
     pub max_bytes: usize,
@@ -240,7 +329,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_rows: 50_000,
+            max_rows: defaults::BATCH_MAX_ROWS,
             max_bytes: 32 << 20,
             linger: HumanDuration(Duration::from_millis(1000)),
             max_message_bytes: 1 << 20,
@@ -359,7 +448,7 @@ impl Default for WindowsConfig {
         Self {
             allowed_lateness: HumanDuration(Duration::from_secs(240)),
             idle_timeout: HumanDuration(Duration::from_secs(30)),
-            max_rows: 2_000_000,
+            max_rows: defaults::WINDOWS_MAX_ROWS,
         }
     }
 }
@@ -369,8 +458,8 @@ impl Default for WindowsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// The earliest accepted `sold_at` (RFC 3339); earlier ones are dead letters.
-    /// Default `2000-01-01T00:00:00Z`.
-    pub min_time: String,
+    /// Default `2000-01-01T00:00:00Z` ([`defaults::EVENTS_MIN_TIME_MS`]).
+    pub min_time: Timestamp,
     /// How far past the wall clock a `sold_at` may be (producer clocks ahead of ours); later
     /// ones are dead letters. Default `10m`.
     pub max_future: HumanDuration,
@@ -379,19 +468,16 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
-            min_time: "2000-01-01T00:00:00Z".into(),
+            min_time: Timestamp(defaults::EVENTS_MIN_TIME_MS),
             max_future: HumanDuration(Duration::from_secs(600)),
         }
     }
 }
 
 impl EventsConfig {
-    /// The earliest accepted event time in milliseconds (the default when `min_time` does not
-    /// parse; [`Config::validate`] reports that).
+    /// The earliest accepted event time in milliseconds.
     pub fn min_time_ms(&self) -> i64 {
-        chrono::DateTime::parse_from_rfc3339(&self.min_time)
-            .map(|t| t.timestamp_millis())
-            .unwrap_or(946_684_800_000)
+        self.min_time.ms()
     }
 }
 
@@ -548,7 +634,7 @@ impl Config {
         if self.batch.max_rows == 0 {
             bad(
                 "batch.max_rows",
-                "must be at least 1 (default 50000)".into(),
+                format!("must be at least 1 (default {})", defaults::BATCH_MAX_ROWS),
             );
         }
         if self.batch.max_bytes < 1024 {
@@ -589,12 +675,6 @@ impl Config {
                 );
             }
         }
-        if !matches!(self.kafka.start_from.as_str(), "earliest" | "latest") {
-            bad(
-                "kafka.start_from",
-                format!("`{}`: use earliest or latest", self.kafka.start_from),
-            );
-        }
         if self.generator.rate < 0.0 || !self.generator.rate.is_finite() {
             bad(
                 "generator.rate",
@@ -604,15 +684,9 @@ impl Config {
         if self.generator.mean_per_hour.is_nan() || self.generator.mean_per_hour <= 0.0 {
             bad(
                 "generator.mean_per_hour",
-                "must be positive (default 30000)".into(),
-            );
-        }
-        if chrono::DateTime::parse_from_rfc3339(&self.generator.start).is_err() {
-            bad(
-                "generator.start",
                 format!(
-                    "`{}` is not RFC 3339; e.g. 2026-01-01T00:00:00Z",
-                    self.generator.start
+                    "must be positive (default {})",
+                    defaults::GENERATOR_MEAN_PER_HOUR
                 ),
             );
         }
@@ -658,15 +732,6 @@ impl Config {
             bad(
                 "windows.allowed_lateness",
                 "must be at most 1d (default 4m)".into(),
-            );
-        }
-        if chrono::DateTime::parse_from_rfc3339(&self.events.min_time).is_err() {
-            bad(
-                "events.min_time",
-                format!(
-                    "`{}` is not RFC 3339; e.g. 2000-01-01T00:00:00Z",
-                    self.events.min_time
-                ),
             );
         }
         if self.lake.timeout.0 < Duration::from_secs(1) {

@@ -162,3 +162,34 @@ fn new_keys_have_defaults_and_named_problems() {
         OnNewTopic::NewLedger
     );
 }
+
+#[test]
+fn typed_keys_refuse_bad_values_naming_the_key() {
+    for (var, key) in [
+        ("CARFLOW_KAFKA_START_FROM", "kafka.start_from"),
+        ("CARFLOW_GENERATOR_START", "generator.start"),
+        ("CARFLOW_EVENTS_MIN_TIME", "events.min_time"),
+    ] {
+        let env = |k: &str| (k == var).then(|| "yesterday".to_string());
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(err.contains(key), "{var}: {err}");
+        assert!(err.contains("yesterday"), "{var}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[kafka]\nstart_from = \"oldest\"\n").unwrap();
+    let err = Config::load(Some(&file)).unwrap_err().to_string();
+    assert!(
+        err.contains("start_from") && err.contains("earliest"),
+        "{err}"
+    );
+    let env = |k: &str| match k {
+        "CARFLOW_KAFKA_START_FROM" => Some("latest".to_string()),
+        "CARFLOW_GENERATOR_START" => Some("2026-03-01T12:00:00+01:00".to_string()),
+        _ => None,
+    };
+    let c = Config::load_with_env(None, env).unwrap();
+    assert_eq!(c.kafka.start_from, StartFrom::Latest);
+    assert_eq!(c.generator.start.ms(), 1_772_362_800_000);
+    assert_eq!(c.generator.start.to_string(), "2026-03-01T11:00:00Z");
+}

@@ -45,14 +45,14 @@ use calendar::{DstCache, HOUR_MS, clamp_timestamp_ms, utc_hour_of_week};
 use rng::Rng;
 
 /// Seed used when none is configured.
-pub const DEFAULT_SEED: u64 = 42;
+pub const DEFAULT_SEED: u64 = crate::config::defaults::GENERATOR_SEED;
 /// Upper bound of how far `sold_at` can lag behind the generator clock
 /// (3 minutes). Configure allowed lateness in the engine above this.
 pub const MAX_LATENESS_MS: i64 = 180_000;
 /// Default simulated start: 2026-01-01T00:00:00.000Z.
-pub const DEFAULT_START_MS: i64 = 1_767_225_600_000;
+pub const DEFAULT_START_MS: i64 = crate::config::defaults::GENERATOR_START_MS;
 /// Default simulated rate: transactions per hour of event time.
-pub const DEFAULT_MEAN_PER_HOUR: f64 = 1_000.0;
+pub const DEFAULT_MEAN_PER_HOUR: f64 = crate::config::defaults::GENERATOR_MEAN_PER_HOUR;
 /// Smallest accepted `mean_per_hour` (smaller values are raised to it).
 pub const MIN_MEAN_PER_HOUR: f64 = 0.01;
 
