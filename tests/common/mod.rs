@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
-pub mod kafka;
+pub use carflow_testkit::kafka;
 pub mod proxy;
 pub mod services;
 pub mod setup;

@@ -17,10 +17,8 @@ use tokio_util::sync::CancellationToken;
 /// An address where nothing listens: a broker that is down.
 pub const DEAD_BROKER: &str = "127.0.0.1:1";
 
-#[path = "../../../tests/common/kafka.rs"]
-mod kafka;
 #[allow(unused_imports)]
-pub use kafka::{Kafka, Topic, wait_for};
+pub use carflow_testkit::kafka::{Kafka, Topic, wait_for};
 
 /// What the API tests read back from Kafka.
 pub trait KafkaExt {

@@ -1,6 +1,6 @@
-//! Kafka for the tests, shared by the root tests and `api/tests` (which include this file by
-//! path): the broker (reachable, or one line saying how to start it), a topic per test (deleted
-//! on drop), and `wait_for` instead of sleeps. Needs only rdkafka, tokio, uuid and the engine.
+//! Kafka for the tests, shared by the root tests and `api/tests` (through this crate): the
+//! broker (reachable, or one line saying how to start it), a topic per test (deleted on drop),
+//! and `wait_for` instead of sleeps. Needs only rdkafka, tokio, uuid and the engine.
 
 use std::time::{Duration, Instant};
 
