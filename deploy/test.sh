@@ -90,7 +90,8 @@ if [[ ${#args[@]} -eq 0 && "${CARFLOW_SKIP_FAULTS:-0}" != 1 ]]; then
     seed="${CARFLOW_FAULTS_SEED:-$(( $(date -u +%s) / 86400 ))}"
     carflow_bin="${CARGO_TARGET_DIR:-target}/debug/carflow"
     step "fault-injection run, short (benches/faults/run.sh --short --seed $seed)"
-    cargo build --features "$FEATURES" --bin carflow
+    # `cargo test` above built this binary for the integration tests (same features, no rebuild).
+    [[ -x $carflow_bin ]] || cargo build --workspace --features "$FEATURES" --bin carflow
     benches/faults/run.sh --short --seed "$seed" --carflow "$carflow_bin" --label "debug build, deploy/test.sh"
 fi
 
