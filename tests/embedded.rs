@@ -243,6 +243,32 @@ async fn partitions_arriving_in_chunks_like_kafka_fetches_keep_windows_exact() {
     check_lake_and_points(dir.path(), n as i64).await;
 }
 
+/// A view of the topic's ends read before the latest messages were produced (Kafka's is cached
+/// for a second) must not make a partition with unread messages pass for idle: after a first
+/// phase every partition is caught up (and, with a zero idle timeout, idle at once); then one
+/// partition's messages arrive minutes of event time ahead of the others'. Before the fix, the
+/// windows closed over the other partitions' unread rows and they were counted late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_view_of_the_ends_never_makes_a_partition_with_unread_rows_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = messages(8, 12_000, &[]);
+    let (first, rest) = all.split_at(2_000);
+    let mut by_partition: Vec<Vec<Message>> = vec![Vec::new(); PARTITIONS as usize];
+    for m in rest {
+        by_partition[m.partition as usize].push(m.clone());
+    }
+    let mut ordered = first.to_vec();
+    for part in by_partition {
+        ordered.extend(part);
+    }
+    let mut c = config(dir.path(), 1_000);
+    c.windows.idle_timeout = carflow_engine::config::HumanDuration(std::time::Duration::ZERO);
+    let source = MemorySource::new(ordered).with_stale_views_after(2_000);
+    let (_, summary) = run(source, &c).await;
+    assert_eq!(summary.late_rows, 0, "rows counted late");
+    check_lake_and_points(dir.path(), 12_000).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalances_in_the_middle_of_batches_neither_lose_nor_duplicate() {
     // Each rebalance arrives while a batch is being collected; the partitions come back and are

@@ -141,14 +141,29 @@ impl<S: Source> Pipeline<S> {
             .await
     }
 
-    /// Close windows with a view of the ends read now when a partition counts as caught up: a
+    /// Close windows with a view of the ends read now when a partition looks caught up: a
     /// cached end would let a partition whose new messages this engine has not fetched yet pass
     /// for idle, and windows close over its rows (seen as late rows after a quiet spell).
     pub(super) async fn close_windows_now(&mut self) {
-        if self.book.clock.any_caught_up() {
+        if self.any_at_view_end() {
             self.refresh_view_within(std::time::Duration::ZERO).await;
         }
         self.close_windows();
+    }
+
+    /// Does the view held show some partition processed to its end (so it would count as caught
+    /// up)?
+    fn any_at_view_end(&self) -> bool {
+        self.book.view.ends.iter().any(|(tp, end)| {
+            let processed = self
+                .book
+                .owned
+                .get(tp)
+                .map(|o| o.ledger.next_offset)
+                .or_else(|| self.book.observed.get(tp).map(|o| o.progress.next_offset))
+                .unwrap_or(0);
+            processed >= *end
+        })
     }
 
     /// Refresh the topic view unless the one held is younger than `max_age`.

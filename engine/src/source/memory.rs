@@ -23,6 +23,7 @@ pub struct MemorySource {
     /// Every commit call, in order.
     pub commits: Vec<Vec<PartitionCommit>>,
     announced: bool,
+    stale_after: Option<usize>,
 }
 
 impl MemorySource {
@@ -38,6 +39,14 @@ impl MemorySource {
     /// Revoke and re-assign every partition after these counts of delivered messages.
     pub fn with_rebalances(mut self, after: Vec<usize>) -> Self {
         self.rebalance_at = after;
+        self
+    }
+
+    /// Answer views allowed to be cached (`max_age` > 0) with the ends of only the first `n`
+    /// messages, as a view read before the rest were produced; a view asked for fresh
+    /// (`max_age` 0) has the true ends.
+    pub fn with_stale_views_after(mut self, n: usize) -> Self {
+        self.stale_after = Some(n);
         self
     }
 
@@ -127,9 +136,16 @@ impl Source for MemorySource {
         std::mem::take(&mut self.events)
     }
 
-    async fn topic_view(&mut self, _max_age: Duration) -> Result<TopicView, SourceError> {
+    async fn topic_view(&mut self, max_age: Duration) -> Result<TopicView, SourceError> {
         let mut ends: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-        for m in &self.all {
+        let known = match self.stale_after {
+            Some(n) if !max_age.is_zero() => &self.all[..n.min(self.all.len())],
+            _ => &self.all[..],
+        };
+        for tp in self.partitions() {
+            ends.insert(tp, 0);
+        }
+        for m in known {
             let e = ends.entry(m.topic_partition()).or_insert(0);
             *e = (*e).max(m.offset + 1);
         }

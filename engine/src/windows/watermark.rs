@@ -74,11 +74,6 @@ impl TopicClock {
         }
     }
 
-    /// Is some partition caught up (idle now or on its way to it)?
-    pub fn any_caught_up(&self) -> bool {
-        !self.caught_up_since.is_empty()
-    }
-
     /// Is `tp` idle at `now` (caught up for at least the idle timeout)?
     pub fn is_idle(&self, tp: &TopicPartition, now: Instant) -> bool {
         self.caught_up_since
