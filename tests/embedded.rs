@@ -4,34 +4,24 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use carflow_engine::config::Config;
-use carflow_engine::generator::{Clock, Generator, GeneratorConfig};
 use carflow_engine::metrics::{Health, Metrics};
 use carflow_engine::pipeline::Pipeline;
 use carflow_engine::source::Message;
 use carflow_engine::source::memory::MemorySource;
+use carflow_testkit::data::{bad_payloads, generator, queries};
 use common::verify::*;
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 6;
 
-fn queries() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("queries")
-}
-
 /// `n` generated transactions spread over partitions by dealer (as the API keys them), with the
 /// given bad payloads inserted every `n / bad.len()` messages. Returns messages and good count.
 fn messages(seed: u64, n: usize, bad: &[Option<Vec<u8>>]) -> Vec<Message> {
-    let mut g = Generator::new(GeneratorConfig {
-        seed,
-        clock: Clock::Simulated {
-            start_ms: 1_767_225_600_000,
-            mean_per_hour: 30_000.0,
-        },
-    });
+    let mut g = generator(seed);
     let topic: Arc<str> = Arc::from("car-transactions-logs");
     let mut next = vec![0i64; PARTITIONS as usize];
     let mut out = Vec::new();
@@ -64,25 +54,6 @@ fn messages(seed: u64, n: usize, bad: &[Option<Vec<u8>>]) -> Vec<Message> {
         }
     }
     out
-}
-
-fn bad_payloads() -> Vec<Option<Vec<u8>>> {
-    let mut g = Generator::new(GeneratorConfig::default());
-    let good = g.next_transaction().to_json();
-    let mut invalid_utf8 = good.clone().into_bytes();
-    invalid_utf8[30] = 0xc3;
-    invalid_utf8[31] = 0x28;
-    vec![
-        Some(b"{\"transaction_id\": \"x\", \"sold_at\": ".to_vec()),
-        Some(
-            good.replace("\"model_year\":", "\"model_year\":\"new\",\"x\":")
-                .into_bytes(),
-        ),
-        Some(good.replace(",\"price\":", ",\"cost\":").into_bytes()),
-        Some(invalid_utf8),
-        None,
-        Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20)).into_bytes()),
-    ]
 }
 
 fn config(dir: &Path, max_rows: usize) -> Config {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use carflow_engine::generator::{Clock, Generator, GeneratorConfig};
+use carflow_engine::generator::Generator;
 use carflow_engine::producer::producer;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -15,10 +15,8 @@ use super::engine::EngineProcess;
 use super::services::*;
 use super::verify::*;
 
-/// The shipped queries directory.
-pub fn queries() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("queries")
-}
+#[allow(unused_imports)]
+pub use carflow_testkit::data::{START_MS, bad_records, generator, queries, with_field};
 
 /// A copy of the shipped queries in a temporary directory (tests that edit or rename files).
 pub fn queries_copy() -> tempfile::TempDir {
@@ -30,20 +28,6 @@ pub fn queries_copy() -> tempfile::TempDir {
         }
     }
     dir
-}
-
-/// The first event time of generated test data: 2026-01-01T00:00:00Z.
-pub const START_MS: i64 = 1_767_225_600_000;
-
-/// A generator of test data with `seed`, starting at [`START_MS`].
-pub fn generator(seed: u64) -> Generator {
-    Generator::new(GeneratorConfig {
-        seed,
-        clock: Clock::Simulated {
-            start_ms: START_MS,
-            mean_per_hour: 30_000.0,
-        },
-    })
 }
 
 /// Send `payloads` (key, value) to `topic`, awaiting every delivery (at most 20,000 in flight).
@@ -140,36 +124,6 @@ pub async fn produce_at_rate(kafka: &Kafka, topic: &str, seed: u64, n: usize, pe
         let due = started + Duration::from_secs_f64(sent as f64 / per_second);
         tokio::time::sleep_until(due.into()).await;
     }
-}
-
-/// `json` (one generated record) with `field`'s value replaced by the raw JSON `value`.
-pub fn with_field(json: &str, field: &str, value: &str) -> String {
-    let key = format!("\"{field}\":");
-    let at = json.find(&key).expect("field in record") + key.len();
-    let rest = &json[at..];
-    let end = if let Some(quoted) = rest.strip_prefix('"') {
-        quoted.find('"').expect("closing quote") + 2
-    } else {
-        rest.find([',', '}']).expect("end of value")
-    };
-    format!("{}{value}{}", &json[..at], &rest[end..])
-}
-
-/// Malformed payloads: truncated, a wrong type, a missing field, invalid UTF-8, not JSON.
-pub fn bad_records() -> Vec<Vec<u8>> {
-    let good = Generator::new(GeneratorConfig::default())
-        .next_transaction()
-        .to_json();
-    let mut utf8 = good.clone().into_bytes();
-    utf8[25] = 0xff;
-    vec![
-        b"{\"transaction_id\": \"truncated".to_vec(),
-        good.replace("\"mileage_km\":", "\"mileage_km\":\"far\",\"_\":")
-            .into_bytes(),
-        good.replace("\"sold_at\":", "\"sold\":").into_bytes(),
-        utf8,
-        b"not json at all".to_vec(),
-    ]
 }
 
 /// A topic, a lake directory on HDFS and an InfluxDB database for one test.
