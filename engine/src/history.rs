@@ -144,6 +144,45 @@ impl History {
         Ok(concat_batches(&schema, &batches)?)
     }
 
+    /// The oldest and newest `column` (ms) and the number of raw rows with `column` in `range`.
+    pub async fn span(
+        &self,
+        column: &str,
+        range: Range,
+    ) -> Result<(Option<i64>, Option<i64>, u64)> {
+        let mut filters = Vec::new();
+        if let Some(f) = range.from {
+            filters.push(format!("\"{column}\" >= TIMESTAMP '{}'", sql_time(f)));
+        }
+        if let Some(t) = range.to {
+            filters.push(format!("\"{column}\" < TIMESTAMP '{}'", sql_time(t)));
+        }
+        let sql = format!(
+            "SELECT min(\"{column}\"), max(\"{column}\"), count(*) FROM \"{}\" {}",
+            self.raw,
+            if filters.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", filters.join(" AND "))
+            }
+        );
+        let b = self.ctx.sql(&sql).await?.collect().await?;
+        let Some(b) = b.first().filter(|b| b.num_rows() > 0) else {
+            return Ok((None, None, 0));
+        };
+        let time = |i: usize| -> Result<Option<i64>> {
+            let c = arrow::compute::cast(
+                b.column(i),
+                &DataType::Timestamp(TimeUnit::Millisecond, None),
+            )?;
+            let c = c.as_primitive::<TimestampMillisecondType>();
+            Ok((!c.is_null(0)).then(|| c.value(0)))
+        };
+        let n = arrow::compute::cast(b.column(2), &DataType::Int64)?;
+        let n = n.as_primitive::<Int64Type>().value(0);
+        Ok((time(0)?, time(1)?, n.max(0) as u64))
+    }
+
     /// (partition, offset) of every row dead-lettered by `transform` (`influx.<name>`).
     pub async fn refused_by(&self, transform: &str) -> Result<HashSet<(i32, i64)>> {
         let has_column = match self.ctx.table(DEAD_LETTERS).await {
@@ -187,7 +226,10 @@ impl History {
             from: range
                 .from
                 .map(|f| f.saturating_sub(lateness_ms).saturating_sub(spec.width_ms)),
-            to: range.to,
+            // `range` holds window starts: read to the end of the last window starting in it.
+            to: range
+                .to
+                .map(|t| spec.end_of(spec.start_of(t.saturating_sub(1)))),
         };
         let rows = self.rows(&spec.column, read, partition).await?;
         let refused = self.refused_by(&t.target_name()).await?;

@@ -25,6 +25,8 @@ pub mod line_protocol;
 pub mod metrics;
 pub mod pipeline;
 pub mod producer;
+pub mod reconcile;
+pub mod reference;
 pub mod retry;
 pub mod schema;
 pub mod sink;

@@ -1,0 +1,237 @@
+#![cfg(feature = "services")]
+//! One SQL for stream and history, against the real Kafka, HDFS and InfluxDB: `carflow backfill`
+//! of a new query equals what the stream writes, `carflow reconcile` finds and repairs points
+//! that differ, reference tables JOINed by a query (and edited while the engine runs), and
+//! `carflow dead-letters replay` exactly once.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::engine::{EngineProcess, carflow_bin};
+use common::services::*;
+use common::setup::*;
+use common::verify::*;
+
+/// A query the shipped set does not have: sales per color per minute.
+const SALES_BY_COLOR: &str = "INSERT INTO influx.sales_by_color
+SELECT date_bin(INTERVAL '1 minute', sold_at) AS time, color,
+       count(*) AS sales, sum(price) AS revenue, avg(mileage_km) AS avg_mileage
+FROM transactions GROUP BY 1, 2;
+";
+
+/// Run a `carflow` command with `env`; returns the exit code, stdout and stderr.
+fn carflow(env: &[(&'static str, String)], args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(carflow_bin())
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+        .output()
+        .expect("run carflow");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `carflow <args> --format json`, parsed; panics with the output when the exit code is not `code`.
+fn carflow_json(env: &[(&'static str, String)], args: &[&str], code: i32) -> serde_json::Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--format", "json"]);
+    let (c, out, err) = carflow(env, &all);
+    assert_eq!(
+        c, code,
+        "carflow {args:?}: exit {c}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"))
+}
+
+/// A directory with the shipped queries and `extra` (file name, SQL).
+fn queries_with(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = queries_copy();
+    for (name, sql) in extra {
+        std::fs::write(dir.path().join(name), sql).unwrap();
+    }
+    dir
+}
+
+/// The points of `measurement` with time in `[from, to)`.
+fn only(points: &Points, measurement: &str, from: i64, to: i64) -> Points {
+    points
+        .iter()
+        .filter(|((m, _, t), _)| m == measurement && *t >= from && *t < to)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn write_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A new query file backfilled over a lake of 100,000 rows writes exactly the points the stream
+/// wrote for it (the stream ran it from the start, into another database), reconcile reports no
+/// difference for any query, and a second backfill changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilled_query_equals_what_the_stream_wrote() {
+    let s = setup_with("hist-backfill", 3).await;
+    let n = 100_000;
+    produce(&s.kafka, &s.topic.name, 151, n, &[]).await;
+    let with_color = queries_with(&[("sales_by_color.sql", SALES_BY_COLOR)]);
+    let env = s.env_with_queries("carflow-hist-backfill", with_color.path());
+    let mut e = EngineProcess::start(&env, s.logs.path(), "backfill");
+    s.wait_done(&mut [&mut e], Duration::from_secs(900)).await;
+    assert!(e.stop(), "{}", e.log_tail());
+    let streamed = s.db.points().await;
+
+    // The same lake, a database that never saw the stream.
+    let fresh = s.influx.database("hist_backfill_fresh").await;
+    let mut fresh_env = env.clone();
+    set_env(&mut fresh_env, "CARFLOW_INFLUX_BUCKET", fresh.name.clone());
+    let file = with_color.path().join("sales_by_color.sql");
+    let file = file.to_str().unwrap();
+    let report = carflow_json(&fresh_env, &["backfill", file, "--from", "2026-01-01"], 0);
+    // Every row of the closed windows (the engine closed most of the 100,000 rows' windows).
+    let lake = lake_context(&s.lake.url).await;
+    let closed_rows = scalar(
+        &lake,
+        &format!(
+            "SELECT count(*) FROM cars WHERE CAST(sold_at AS BIGINT) < {}",
+            report["to"].as_i64().unwrap() - 1 + 60_000
+        ),
+    )
+    .await;
+    assert_eq!(report["rows"].as_i64().unwrap(), closed_rows, "{report}");
+    assert!(closed_rows > n as i64 / 2, "{report}");
+    let (from, to) = (
+        report["from"].as_i64().unwrap(),
+        report["to"].as_i64().unwrap(),
+    );
+    assert_eq!(report["boundary"]["committed"], true, "{report}");
+    let backfilled = fresh.points().await;
+    assert!(backfilled.len() > 1000, "{} points", backfilled.len());
+    let expected = only(&streamed, "sales_by_color", from, to);
+    assert_points_match(
+        &expected,
+        &only(&backfilled, "sales_by_color", from, to),
+        "backfill vs stream",
+    );
+    assert_eq!(backfilled.len(), expected.len(), "only closed windows");
+
+    // Reconcile: the stream's database and the backfilled one hold what the lake gives.
+    let r = carflow_json(&env, &["reconcile"], 0);
+    assert_eq!(r["differences"], 0, "{r}");
+    assert!(r["measurements"].as_array().unwrap().len() >= 6, "{r}");
+    let r = carflow_json(&fresh_env, &["reconcile", "--query", "sales_by_color"], 0);
+    assert_eq!(r["differences"], 0, "{r}");
+
+    // Idempotent.
+    carflow_json(&fresh_env, &["backfill", file, "--from", "2026-01-01"], 0);
+    assert_eq!(
+        fresh.points().await,
+        backfilled,
+        "a second backfill changes nothing"
+    );
+
+    // lake.* is refused with why.
+    let (c, _, err) = carflow(&env, &["backfill", "queries/cars.sql"]);
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("lake.cars cannot be backfilled"), "{err}");
+}
+
+/// Reconcile finds a point deleted from InfluxDB, a point with a wrong value and a point that
+/// should not exist; --repair rewrites and deletes them, and a second reconcile finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_and_repairs_corrupted_deleted_and_extra_points() {
+    let s = setup_with("hist-reconcile", 3).await;
+    produce(&s.kafka, &s.topic.name, 152, 20_000, &[]).await;
+    let env = s.env("carflow-hist-reconcile");
+    let mut e = EngineProcess::start(&env, s.logs.path(), "reconcile");
+    s.wait_done(&mut [&mut e], Duration::from_secs(600)).await;
+    assert!(e.stop(), "{}", e.log_tail());
+    let r = carflow_json(&env, &["reconcile"], 0);
+    assert_eq!(r["differences"], 0, "{r}");
+    let r = carflow_json(&env, &["reconcile", "--query", "sales_by_brand"], 0);
+    let m = &r["measurements"][0];
+    let (measurement, to) = (
+        m["measurement"].as_str().unwrap(),
+        m["to"].as_i64().unwrap(),
+    );
+    let points = s.db.points().await;
+    let closed: Vec<_> = only(&points, measurement, 0, to).into_iter().collect();
+    assert!(closed.len() > 100, "{} closed points", closed.len());
+    let tag_filter = |tags: &[(String, String)]| {
+        tags.iter()
+            .map(|(k, v)| format!("\"{k}\" = '{v}'"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    // Delete one point.
+    let ((_, gone_tags, gone_time), _) = &closed[10];
+    s.influx
+        .influxql(
+            &s.db.name,
+            &format!(
+                "DELETE FROM \"{measurement}\" WHERE {} AND time >= {gone_time}ms AND time < {}ms",
+                tag_filter(gone_tags),
+                gone_time + 1
+            ),
+        )
+        .await;
+    // Corrupt another: every field of it set to 12345.
+    let ((_, bad_tags, bad_time), bad_fields) = &closed[20];
+    let mut line = measurement.to_string();
+    for (k, v) in bad_tags {
+        line.push_str(&format!(",{k}={}", v.replace(' ', "\\ ")));
+    }
+    let fields: Vec<String> = bad_fields
+        .keys()
+        .map(|k| format!("{k}={}", if k == "sales" { "12345i" } else { "12345" }))
+        .collect();
+    line.push_str(&format!(" {} {bad_time}", fields.join(",")));
+    // And one that should not be there: a brand nobody sells.
+    let ((_, extra_tags, extra_time), _) = &closed[30];
+    let mut extra = measurement.to_string();
+    for (k, _) in extra_tags {
+        extra.push_str(&format!(",{k}=Trabant"));
+    }
+    extra.push_str(&format!(" {} {extra_time}", fields.join(",")));
+    let http = reqwest::Client::new();
+    let w = http
+        .post(format!("{}/write", s.influx.url))
+        .query(&[("db", s.db.name.as_str()), ("precision", "ms")])
+        .body(format!("{line}\n{extra}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert!(w.status().is_success(), "{:?}", w.text().await);
+
+    let r = carflow_json(&env, &["reconcile", "--query", measurement], 1);
+    let diffs = r["measurements"][0]["differences"].as_array().unwrap();
+    let kinds: Vec<&str> = diffs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(diffs.len(), 3, "{r}");
+    for k in ["missing", "wrong", "extra"] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    let (code, text, _) = carflow(&env, &["reconcile", "--query", measurement]);
+    assert_eq!(code, 1);
+    assert!(text.contains("closed windows only"), "{text}");
+    assert!(
+        text.contains("3 difference(s) (1 missing, 1 extra, 1 wrong)"),
+        "{text}"
+    );
+
+    let r = carflow_json(&env, &["reconcile", "--repair"], 0);
+    assert_eq!(r["differences"], 3, "{r}");
+    assert_eq!(r["remaining"], 0, "{r}");
+    let r = carflow_json(&env, &["reconcile"], 0);
+    assert_eq!(r["differences"], 0, "{r}");
+    assert_eq!(
+        only(&s.db.points().await, measurement, 0, to),
+        only(&points, measurement, 0, to)
+    );
+}
