@@ -90,6 +90,19 @@ Examples:
   carflow reconcile --from 2026-01-01 --to 2026-01-02 --repair
   carflow reconcile --query sales_by_brand --format json")]
     Reconcile(ReconcileArgs),
+    /// Dead letters: list them, or replay the ones that decode now, exactly once.
+    #[command(after_help = "\
+Examples:
+  carflow dead-letters list
+  carflow dead-letters list --where \"reason LIKE '%sold_at%'\" --format json
+  carflow dead-letters replay --where \"dt = '2026-11-30'\" --dry-run
+  carflow dead-letters replay                       (back into kafka.topic)
+  carflow dead-letters replay --to-topic car-transactions-replay
+Only messages that did not decode are replayed (a row a transform refused is in the lake already).
+Each is decoded again with the current rules: those that decode are produced to the topic (the engine
+takes them into the lake and the windows), each at most once across runs and crashes; those that still
+fail stay dead letters, and `list` shows why they fail now. The design is in README.md.")]
+    DeadLetters(DeadLettersArgs),
     /// Serve the HTTP API: POST /api/logs → Kafka, GET /api/stream_car_transactions, /health, /metrics.
     #[command(after_help = "\
 Listens on api.listen (default 127.0.0.1:8080); a non-loopback address needs api.token (CARFLOW_API_TOKEN),
@@ -252,6 +265,40 @@ pub struct ReconcileArgs {
     pub show: usize,
     #[command(flatten)]
     pub range: HistoryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(subcommand)]
+    pub command: DeadLettersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List dead letters with their reason, origin and replay status.
+    List(ReplayArgs),
+    /// Replay the chosen dead letters that decode with the current rules, exactly once.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Choose dead letters with a SQL condition over the dead_letters table (topic, partition,
+    /// offset, reason, transform, payload_text, received_at, dt).
+    #[arg(long = "where")]
+    pub r#where: Option<String>,
+    /// Produce to this topic (default: kafka.topic).
+    #[arg(long)]
+    pub to_topic: Option<String>,
+    /// Say what would be replayed; produce and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The lake root (default: lake.root of the config).
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// text or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod api;
 mod backfill;
 mod check;
 mod cli;
+mod dead_letters;
 mod demo;
 mod generate;
 mod history;
@@ -48,6 +49,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Api(args) => api::run(&cli.global, args).await,
         Command::Backfill(args) => backfill::run(&cli.global, args).await,
         Command::Reconcile(args) => reconcile::run(&cli.global, args).await,
+        Command::DeadLetters(args) => dead_letters::run(&cli.global, args).await,
     }
 }
 
@@ -62,7 +64,8 @@ fn init_logging(cli: &Cli) {
             | Command::Check(_)
             | Command::Generate(_)
             | Command::Backfill(_)
-            | Command::Reconcile(_),
+            | Command::Reconcile(_)
+            | Command::DeadLetters(_),
             _,
         ) => "warn",
         (Command::Run(_), _) => "info",

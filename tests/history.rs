@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::engine::{EngineProcess, carflow_bin};
-use common::services::*;
 use common::setup::*;
 use common::verify::*;
 
@@ -100,7 +99,8 @@ async fn a_backfilled_query_equals_what_the_stream_wrote() {
     let closed_rows = scalar(
         &lake,
         &format!(
-            "SELECT count(*) FROM cars WHERE CAST(sold_at AS BIGINT) < {}",
+            "SELECT count(*) FROM cars WHERE CAST(sold_at AS BIGINT) >= {} AND CAST(sold_at AS BIGINT) < {}",
+            report["from"].as_i64().unwrap(),
             report["to"].as_i64().unwrap() - 1 + 60_000
         ),
     )
@@ -126,7 +126,17 @@ async fn a_backfilled_query_equals_what_the_stream_wrote() {
     let r = carflow_json(&env, &["reconcile"], 0);
     assert_eq!(r["differences"], 0, "{r}");
     assert!(r["measurements"].as_array().unwrap().len() >= 6, "{r}");
-    let r = carflow_json(&fresh_env, &["reconcile", "--query", "sales_by_color"], 0);
+    let r = carflow_json(
+        &fresh_env,
+        &[
+            "reconcile",
+            "--query",
+            "sales_by_color",
+            "--from",
+            "2026-01-01",
+        ],
+        0,
+    );
     assert_eq!(r["differences"], 0, "{r}");
 
     // Idempotent.
@@ -233,5 +243,197 @@ async fn reconcile_finds_and_repairs_corrupted_deleted_and_extra_points() {
     assert_eq!(
         only(&s.db.points().await, measurement, 0, to),
         only(&points, measurement, 0, to)
+    );
+}
+
+/// The transactions of `n` generated with `seed` from 2019-06-01 (before `events.min_time` when
+/// it is set to 2020): valid JSON the engine refuses under that rule.
+fn from_2019(seed: u64, n: usize) -> Vec<(String, Vec<u8>)> {
+    use carflow_engine::generator::{Clock, Generator, GeneratorConfig};
+    let mut g = Generator::new(GeneratorConfig {
+        seed,
+        clock: Clock::Simulated {
+            start_ms: 1_559_347_200_000,
+            mean_per_hour: 30_000.0,
+        },
+    });
+    (0..n)
+        .map(|_| {
+            let t = g.next_transaction();
+            (t.dealer_id.clone(), t.to_json().into_bytes())
+        })
+        .collect()
+}
+
+/// Dead letters refused by a rule that was too strict (events before 2020) are replayed after the
+/// rule is fixed: they reach the lake exactly once, a second replay adds nothing, and a message
+/// that still does not decode stays a dead letter with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_dead_letters_reach_the_lake_exactly_once() {
+    let s = setup_with("hist-replay", 3).await;
+    let (n, old) = (5_000usize, 40usize);
+    produce(
+        &s.kafka,
+        &s.topic.name,
+        154,
+        n,
+        &[b"not json at all".to_vec()],
+    )
+    .await;
+    let p = carflow_engine::producer::producer(&s.kafka.brokers, &Default::default()).unwrap();
+    send_all(&p, &s.topic.name, from_2019(155, old)).await;
+    let mut strict = s.env("carflow-hist-replay");
+    strict.push(("CARFLOW_EVENTS_MIN_TIME", "2020-01-01T00:00:00Z".into()));
+    let mut e = EngineProcess::start(&strict, s.logs.path(), "strict");
+    s.wait_done(&mut [&mut e], Duration::from_secs(600)).await;
+    assert!(e.stop(), "{}", e.log_tail());
+    let ctx = lake_context(&s.lake.url).await;
+    assert_eq!(scalar(&ctx, "SELECT count(*) FROM cars").await, n as i64);
+    assert_eq!(
+        scalar(&ctx, "SELECT count(*) FROM dead_letters").await,
+        old as i64 + 1
+    );
+
+    // The rule is fixed (the default events.min_time, 2000): replay.
+    let fixed = s.env("carflow-hist-replay");
+    let dry = carflow_json(&fixed, &["dead-letters", "replay", "--dry-run"], 0);
+    assert_eq!(dry["replayed"].as_array().unwrap().len(), old, "{dry}");
+    let r = carflow_json(&fixed, &["dead-letters", "replay"], 0);
+    assert_eq!(r["replayed"].as_array().unwrap().len(), old, "{r}");
+    let failing = r["still_failing"].as_array().unwrap();
+    assert_eq!(failing.len(), 1, "{r}");
+    assert!(failing[0][1].as_str().unwrap().contains("JSON"), "{r}");
+    let mut e = EngineProcess::start(&fixed, s.logs.path(), "fixed");
+    s.wait_done(&mut [&mut e], Duration::from_secs(600)).await;
+
+    // Replaying again adds nothing.
+    let again = carflow_json(&fixed, &["dead-letters", "replay"], 0);
+    assert_eq!(again["replayed"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["already_replayed"], old, "{again}");
+    s.wait_done(&mut [&mut e], Duration::from_secs(600)).await;
+    assert!(e.stop(), "{}", e.log_tail());
+    let ctx = lake_context(&s.lake.url).await;
+    assert_lake_exact(&ctx, (n + old) as i64).await;
+    let list = carflow_json(&fixed, &["dead-letters", "list"], 0);
+    let status = |st: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["status"] == st)
+            .count()
+    };
+    assert_eq!(status("replayed"), old, "{list}");
+    assert_eq!(status("fails-again"), 1, "{list}");
+}
+
+/// A query JOINing the reference tables writes the points DataFusion computes over the lake
+/// joined with the CSV files; an edited file applies from the next batch; a file that does not
+/// parse is refused (named on /health) and the previous version stays in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_tables_join_and_reload_at_the_next_batch() {
+    let s = setup_with("hist-ref", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["cars.sql", "sales_by_region.sql"] {
+        std::fs::copy(queries().join(f), dir.path().join(f)).unwrap();
+    }
+    let reference = tempfile::tempdir().unwrap();
+    for f in ["dealers.csv", "vehicles.csv"] {
+        std::fs::copy(reference_dir().join(f), reference.path().join(f)).unwrap();
+    }
+    let mut env = s.env_with_queries("carflow-hist-ref", dir.path());
+    env.push((
+        "CARFLOW_REFERENCE_DIR",
+        reference.path().display().to_string(),
+    ));
+    let mut feed = Feed::new(&s.kafka, &s.topic.name, 156);
+    let n1 = 8_000;
+    feed.send(n1).await;
+    let mut e = EngineProcess::start(&env, s.logs.path(), "ref");
+    s.wait_done(&mut [&mut e], Duration::from_secs(600)).await;
+    // Every point equals DataFusion over the lake joined with the CSV files.
+    let ctx = lake_context_with(&s.lake.url, reference.path()).await;
+    let expected = expected_points(&ctx, dir.path()).await;
+    assert!(expected.len() > 100, "{} points", expected.len());
+    assert_points_match(
+        &expected,
+        &s.db.points().await,
+        "sales_by_region vs lake ⋈ CSV",
+    );
+
+    // Edit: every region renamed. The engine reads it at the next batch boundary.
+    let dealers = reference.path().join("dealers.csv");
+    let text = std::fs::read_to_string(&dealers).unwrap();
+    let renamed: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l}\n")
+            } else {
+                let mut c: Vec<String> = l.split(',').map(str::to_string).collect();
+                c[1] = format!("{} (2027 map)", c[1]);
+                format!("{}\n", c.join(","))
+            }
+        })
+        .collect();
+    write_file(&dealers, &renamed);
+    common::kafka::wait_for(
+        "the edited dealers.csv loaded",
+        Duration::from_secs(60),
+        || {
+            let log = e.log_text();
+            async move { log.matches("table=dealers").count() >= 2 }
+        },
+    )
+    .await;
+    let n2 = 6_000;
+    feed.send(n2).await;
+    s.wait_done(&mut [&mut e], Duration::from_secs(600)).await;
+    let sales = |points: &Points, renamed: bool| -> i64 {
+        points
+            .iter()
+            .filter(|((m, tags, _), _)| {
+                m == "sales_by_region"
+                    && tags
+                        .iter()
+                        .any(|(k, v)| k == "region" && v.ends_with("(2027 map)") == renamed)
+            })
+            .map(|(_, f)| f["sales"] as i64)
+            .sum()
+    };
+    let points = s.db.points().await;
+    assert_eq!(
+        sales(&points, false),
+        n1 as i64,
+        "the first batches: old regions"
+    );
+    assert_eq!(
+        sales(&points, true),
+        n2 as i64,
+        "after the edit: new regions"
+    );
+
+    // A file that does not parse: refused, named on /health, the previous version stays.
+    write_file(
+        &dealers,
+        "dealer_id,region,division,segment\nD0001,West,Pacific,volume,extra,fields\n",
+    );
+    let engine = &e;
+    common::kafka::wait_for(
+        "the refusal on /health",
+        Duration::from_secs(60),
+        || async move { engine.health().await.to_string().contains("dealers.csv") },
+    )
+    .await;
+    let n3 = 3_000;
+    feed.send(n3).await;
+    s.wait_done(&mut [&mut e], Duration::from_secs(600)).await;
+    assert!(e.stop(), "{}", e.log_tail());
+    let points = s.db.points().await;
+    assert_eq!(sales(&points, false), n1 as i64);
+    assert_eq!(
+        sales(&points, true),
+        (n2 + n3) as i64,
+        "the refused edit changed nothing"
     );
 }

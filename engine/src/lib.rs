@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod reconcile;
 pub mod reference;
+pub mod replay;
 pub mod retry;
 pub mod schema;
 pub mod sink;
