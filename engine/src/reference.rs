@@ -140,23 +140,13 @@ fn conform(
         ));
     }
     batches
-        .into_iter()
+        .iter()
         .map(|b| {
-            let cols = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| {
-                    arrow::compute::cast(c, f.data_type()).map_err(|e| {
-                        format!(
-                            "column `{}` no longer reads as {} ({e}); restart the engine to change a column's type",
-                            f.name(),
-                            f.data_type()
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            RecordBatch::try_new(Arc::clone(schema), cols).map_err(|e| e.to_string())
+            crate::schema::cast_to(b, schema).map_err(|e| {
+                format!(
+                    "a column no longer reads as its type ({e}); restart the engine to change a column's type"
+                )
+            })
         })
         .collect()
 }
