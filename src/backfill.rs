@@ -91,18 +91,7 @@ pub async fn run(global: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
                 "backfilled {} ({}) → {}",
                 out.target, out.file, out.written_to
             );
-            println!(
-                "  {}: {}",
-                if out.windowed {
-                    "windows"
-                } else {
-                    "event times"
-                },
-                show_range(carflow_engine::history::Range {
-                    from: out.from,
-                    to: out.to
-                })
-            );
+            println!("  {}", show_range(&q, range));
             if out.windowed {
                 println!("  {}", show_boundary(&out.boundary, job.include_open));
             }
@@ -122,7 +111,20 @@ pub async fn run(global: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
                     String::new()
                 }
             );
-            println!("  check it: carflow reconcile --query {}", q.measurement);
+            let dir = args.file.parent().filter(|d| !d.as_os_str().is_empty());
+            let queries = match dir {
+                Some(d) if d != job.config.queries.dir => format!(" --queries {}", d.display()),
+                _ => String::new(),
+            };
+            println!(
+                "  check it: carflow reconcile{queries} --query {}{}",
+                q.measurement,
+                args.range
+                    .from
+                    .as_deref()
+                    .map(|f| format!(" --from {f}"))
+                    .unwrap_or_default()
+            );
         }
     }
     Ok(if out.rejected_points > 0 {

@@ -339,7 +339,7 @@ async fn replay(global: &Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
         recover(&lake, &c, pending).await?
     };
     // 2. What to replay.
-    let (replayed, _) = lake.ledger.state().await?;
+    let (replayed, failing_before) = lake.ledger.state().await?;
     let all = letters(&lake.ctx, args.r#where.as_deref()).await?;
     let chosen = all.len();
     let not_replayable = all.iter().filter(|l| l.transform.is_some()).count();
@@ -380,7 +380,11 @@ async fn replay(global: &Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
         seconds: 0.0,
         messages_per_second: 0.0,
     };
-    if !args.dry_run && (!good.is_empty() || !still_failing.is_empty()) {
+    // Something to record: messages to produce, or new reasons for those that still fail.
+    let news = still_failing
+        .iter()
+        .any(|(o, why)| failing_before.get(o) != Some(why));
+    if !args.dry_run && (!good.is_empty() || news) {
         // 3. The intent, with where the target topic ends now.
         let start_offsets = tokio::task::block_in_place(|| end_offsets(&c, &to_topic))?;
         let mut record = ReplayRecord {

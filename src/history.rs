@@ -169,13 +169,24 @@ impl Timing {
     }
 }
 
-/// A range for people: `2026-01-01T00:00:00Z .. 2026-01-02T00:00:00Z`.
-pub fn show_range(r: Range) -> String {
+/// What `q` covers in `r`, for people: the windows from the start of the first to the end of
+/// the last (`2026-01-01T00:00:00Z .. 2026-01-01T00:33:00Z`), or the event times of a per-row
+/// query.
+pub fn show_range(q: &HistoryQuery, r: Range) -> String {
     use carflow_engine::reconcile::show_time;
+    let to = match q.spec() {
+        Some(s) => r.to.map(|t| s.end_of(s.start_of(t.saturating_sub(1)))),
+        None => r.to,
+    };
     format!(
-        "{} .. {}",
+        "{} {} .. {}",
+        if q.spec().is_some() {
+            "windows"
+        } else {
+            "event times"
+        },
         r.from.map_or("the oldest".into(), show_time),
-        r.to.map_or("the newest".into(), show_time)
+        to.map_or("the newest".into(), show_time)
     )
 }
 

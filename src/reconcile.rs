@@ -149,7 +149,7 @@ pub async fn run(global: &Global, args: ReconcileArgs) -> anyhow::Result<ExitCod
         out.differences += m.differences.len();
         out.remaining += m.remaining.unwrap_or(m.differences.len());
         if job.format == Format::Text {
-            print_measurement(&m, &job, args.show);
+            print_measurement(&m, &job, &q, args.show);
         }
         out.measurements.push(m);
     }
@@ -182,15 +182,18 @@ fn show_fields(f: &std::collections::BTreeMap<String, f64>) -> String {
         .join(" ")
 }
 
-fn print_measurement(m: &Measurement, job: &Job, show: usize) {
+fn print_measurement(m: &Measurement, job: &Job, q: &HistoryQuery, show: usize) {
     println!(
-        "influx.{} ({}): windows {}; {}",
+        "influx.{} ({}): {}; {}",
         m.measurement,
         m.file,
-        show_range(carflow_engine::history::Range {
-            from: m.from,
-            to: m.to
-        }),
+        show_range(
+            q,
+            carflow_engine::history::Range {
+                from: m.from,
+                to: m.to
+            }
+        ),
         show_boundary(&m.boundary, job.include_open)
     );
     println!(
