@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use carflow_engine::config::{Config, SourceKind};
+use carflow_engine::reference::ReferenceTables;
 use carflow_engine::transform::{OpenGate, Planner, Target, TransformSet};
 
 use crate::cli::{CheckArgs, Global};
@@ -36,6 +37,17 @@ pub async fn run(global: &Global, args: CheckArgs) -> anyhow::Result<ExitCode> {
     );
     let dir = args.queries.unwrap_or(config.queries.dir.clone());
     let planner = Planner::new()?;
+    let mut reference = ReferenceTables::new(&config.reference.dir);
+    let loaded = reference.refresh(&planner.batch_ctx).await;
+    for (name, rows) in &loaded.loaded {
+        println!(
+            "  ok  reference table {name} ({rows} rows) from {}",
+            config.reference.dir.display()
+        );
+    }
+    for (file, why) in &loaded.refused {
+        eprintln!("  error  reference {}: {why}", file.display());
+    }
     let mut set = TransformSet::default();
     let report = match set.reload(&planner, &dir, &mut OpenGate).await {
         Ok(r) => r,
@@ -71,11 +83,26 @@ pub async fn run(global: &Global, args: CheckArgs) -> anyhow::Result<ExitCode> {
     for e in &report.errors {
         eprintln!("  error  {e}");
     }
-    if report.errors.is_empty() {
+    if report.errors.is_empty() && loaded.refused.is_empty() {
         println!("{} transform(s) ok", set.len());
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("{} file(s) refused", report.errors.len());
+        eprintln!(
+            "{} file(s) refused",
+            report.errors.len() + loaded.refused.len()
+        );
         Ok(ExitCode::from(1))
     }
+}
+
+/// The planner the configured queries run on, with the reference tables of `reference.dir`
+/// (a refused reference file is an error here).
+pub async fn planner(config: &Config) -> anyhow::Result<Planner> {
+    let planner = Planner::new()?;
+    let mut reference = ReferenceTables::new(&config.reference.dir);
+    let r = reference.refresh(&planner.batch_ctx).await;
+    if let Some((file, why)) = r.refused.first() {
+        anyhow::bail!("reference table {}: {why}", file.display());
+    }
+    Ok(planner)
 }

@@ -68,6 +68,41 @@ Example:
   carflow generate --count 200000                 as fast as possible
   carflow generate --duration 10m --rate 500      a steady stream")]
     Generate(GenerateArgs),
+    /// Write an influx.* query's points over the lake's history, exactly as the stream would.
+    #[command(after_help = "\
+Runs the query over the lake's raw dataset (lake.raw_dataset, default cars) as the stream saw it
+(late rows and rows the query refused are left out) and writes the same points to [influx].
+Idempotent: a point with the same series and time overwrites. Safe while `carflow run` is live:
+for a windowed query only windows the live engine has closed (below the committed closed boundary
+of its ledger) are written; open windows are the live engine's (a new query's open windows are
+seeded from the lake when it starts). lake.* queries are refused.
+Examples:
+  carflow backfill queries/sales_by_color.sql --from 2026-01-01
+  carflow backfill queries/sales_by_color.sql --from 2026-01-01 --to 2026-01-02T12:00:00Z --format json")]
+    Backfill(BackfillArgs),
+    /// Recompute every windowed influx.* query from the lake and compare with InfluxDB.
+    #[command(after_help = "\
+Prints the points that differ (missing, extra, wrong value) and exits 1 when there is a difference.
+Only windows the live engine has closed are compared (--include-open for all).
+--repair writes the missing and wrong points, deletes the extra ones, then compares again.
+Examples:
+  carflow reconcile --config deploy/carflow.toml
+  carflow reconcile --from 2026-01-01 --to 2026-01-02 --repair
+  carflow reconcile --query sales_by_brand --format json")]
+    Reconcile(ReconcileArgs),
+    /// Dead letters: list them, or replay the ones that decode now, exactly once.
+    #[command(after_help = "\
+Examples:
+  carflow dead-letters list
+  carflow dead-letters list --where \"reason LIKE '%sold_at%'\" --format json
+  carflow dead-letters replay --where \"dt = '2026-11-30'\" --dry-run
+  carflow dead-letters replay                       (back into kafka.topic)
+  carflow dead-letters replay --to-topic car-transactions-replay
+Only messages that did not decode are replayed (a row a transform refused is in the lake already).
+Each is decoded again with the current rules: those that decode are produced to the topic (the engine
+takes them into the lake and the windows), each at most once across runs and crashes; those that still
+fail stay dead letters, and `list` shows why they fail now. The design is in README.md.")]
+    DeadLetters(DeadLettersArgs),
     /// Serve the HTTP API: POST /api/logs → Kafka, GET /api/stream_car_transactions, /health, /metrics.
     #[command(after_help = "\
 Listens on api.listen (default 127.0.0.1:8080); a non-loopback address needs api.token (CARFLOW_API_TOKEN),
@@ -175,6 +210,95 @@ pub struct SqlArgs {
     /// Print only results (no timing lines).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Output format of the history commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// For a person: a progress bar on a terminal, then a summary.
+    Text,
+    /// One JSON document on stdout, for scripts.
+    Json,
+}
+
+/// Options shared by backfill and reconcile.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// From this event time (2026-01-01, 2026-01-01T10:00:00Z); default: the lake's oldest.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Up to this event time, exclusive; default: the closed boundary of the live engine.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Also windows the live engine has not closed yet (they may still change).
+    #[arg(long)]
+    pub include_open: bool,
+    /// The lake root (default: lake.root of the config).
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// text or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The query file (an INSERT INTO influx.<measurement> … FROM transactions).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub range: HistoryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Directory of .sql transforms (default: queries.dir of the config).
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Only these measurements (repeatable; default: every windowed influx.* query).
+    #[arg(long = "query")]
+    pub only: Vec<String>,
+    /// Write the missing and wrong points, delete the extra ones, and compare again.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print at most this many differences per measurement (text format).
+    #[arg(long, default_value = "20")]
+    pub show: usize,
+    #[command(flatten)]
+    pub range: HistoryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(subcommand)]
+    pub command: DeadLettersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List dead letters with their reason, origin and replay status.
+    List(ReplayArgs),
+    /// Replay the chosen dead letters that decode with the current rules, exactly once.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Choose dead letters with a SQL condition over the dead_letters table (topic, partition,
+    /// offset, reason, transform, payload_text, received_at, dt).
+    #[arg(long = "where")]
+    pub r#where: Option<String>,
+    /// Produce to this topic (default: kafka.topic).
+    #[arg(long)]
+    pub to_topic: Option<String>,
+    /// Say what would be replayed; produce and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The lake root (default: lake.root of the config).
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// text or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

@@ -1,10 +1,14 @@
 //! `carflow`: the command line. A thin layer over `carflow-engine` and `carflow-api`.
 
 mod api;
+mod backfill;
 mod check;
 mod cli;
+mod dead_letters;
 mod demo;
 mod generate;
+mod history;
+mod reconcile;
 mod run;
 mod sql;
 
@@ -43,6 +47,9 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&cli.global, args).await,
         Command::Generate(args) => generate::run(&cli.global, args).await,
         Command::Api(args) => api::run(&cli.global, args).await,
+        Command::Backfill(args) => backfill::run(&cli.global, args).await,
+        Command::Reconcile(args) => reconcile::run(&cli.global, args).await,
+        Command::DeadLetters(args) => dead_letters::run(&cli.global, args).await,
     }
 }
 
@@ -51,9 +58,16 @@ fn init_logging(cli: &Cli) {
     let default = match (&cli.command, cli.global.verbose) {
         (_, v) if v >= 2 => "debug",
         (_, 1) => "info",
-        (Command::Demo(_) | Command::Sql(_) | Command::Check(_) | Command::Generate(_), _) => {
-            "warn"
-        }
+        (
+            Command::Demo(_)
+            | Command::Sql(_)
+            | Command::Check(_)
+            | Command::Generate(_)
+            | Command::Backfill(_)
+            | Command::Reconcile(_)
+            | Command::DeadLetters(_),
+            _,
+        ) => "warn",
         (Command::Run(_), _) => "info",
         (Command::Api(_), _) => "info",
     };

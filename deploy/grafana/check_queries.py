@@ -460,6 +460,12 @@ def synthetic_lines(from_ms, to_ms, rng):
                 if n:
                     add("sales_by_payment", [("condition", cond), ("payment_method", pay)],
                         [("sales", n), ("revenue", n * rng.uniform(20000, 60000))], ts)
+        for region, segment in (("Northeast", "flagship"), ("South", "volume"), ("West", "neighborhood")):
+            n = rng.randint(0, 3)
+            if n:
+                add("sales_by_region", [("region", region), ("segment", segment)],
+                    [("sales", n), ("revenue", n * rng.uniform(20000, 60000)), ("new_sales", n),
+                     ("new_discount", rng.uniform(0.0, 0.12))], ts)
     for ts in range(from_ms - from_ms % five, to_ms, five):
         for cond in CONDITIONS:
             q = sorted(rng.uniform(15000, 90000) for _ in range(6))

@@ -196,6 +196,8 @@ pub struct Config {
     pub batch: BatchConfig,
     /// The SQL transforms.
     pub queries: QueriesConfig,
+    /// Reference tables the queries can JOIN.
+    pub reference: ReferenceConfig,
     /// The Parquet lake.
     pub lake: LakeConfig,
     /// The Influx sink.
@@ -352,6 +354,23 @@ impl Default for QueriesConfig {
         Self {
             dir: PathBuf::from("queries"),
             reload: true,
+        }
+    }
+}
+
+/// `[reference]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReferenceConfig {
+    /// Directory of reference tables: every `.csv` (with a header) and `.parquet` file is a
+    /// table named after the file, reloaded when it changes. Default `reference`.
+    pub dir: PathBuf,
+}
+
+impl Default for ReferenceConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("reference"),
         }
     }
 }

@@ -15,7 +15,6 @@
 //! as differences in a reconcile.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
@@ -64,6 +63,27 @@ fn sql_time(ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
+/// SQL conditions for `column` in `range`.
+fn range_filters(column: &str, range: Range) -> Vec<String> {
+    let mut filters = Vec::new();
+    if let Some(f) = range.from {
+        filters.push(format!("\"{column}\" >= TIMESTAMP '{}'", sql_time(f)));
+    }
+    if let Some(t) = range.to {
+        filters.push(format!("\"{column}\" < TIMESTAMP '{}'", sql_time(t)));
+    }
+    filters
+}
+
+/// `WHERE a AND b`, or nothing.
+fn where_of(filters: &[String]) -> String {
+    if filters.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", filters.join(" AND "))
+    }
+}
+
 impl History {
     /// Open the lake at `location`; `raw` names its raw dataset.
     pub async fn open(location: &Location, raw: &str) -> Result<Self> {
@@ -102,17 +122,14 @@ impl History {
             .iter()
             .map(|f| format!("\"{}\"", f.name()))
             .collect();
-        let mut filters = Vec::new();
-        if let Some(f) = range.from {
-            filters.push(format!("\"{column}\" >= TIMESTAMP '{}'", sql_time(f)));
-            if self.has_dt && column == crate::schema::EVENT_TIME {
-                // The raw dataset's days: prune whole directories.
-                let day = sql_time(f.div_euclid(86_400_000) * 86_400_000);
-                filters.push(format!("dt >= '{}'", &day[..10]));
-            }
-        }
-        if let Some(t) = range.to {
-            filters.push(format!("\"{column}\" < TIMESTAMP '{}'", sql_time(t)));
+        let mut filters = range_filters(column, range);
+        if let Some(f) = range.from
+            && self.has_dt
+            && column == crate::schema::EVENT_TIME
+        {
+            // The raw dataset's days: prune whole directories.
+            let day = sql_time(f.div_euclid(86_400_000) * 86_400_000);
+            filters.push(format!("dt >= '{}'", &day[..10]));
         }
         if let Some(p) = partition {
             filters.push(format!("\"{COL_PARTITION}\" = {p}"));
@@ -121,27 +138,43 @@ impl History {
             "SELECT {} FROM \"{}\" {} ORDER BY \"{COL_PARTITION}\", \"{COL_OFFSET}\"",
             cols.join(", "),
             self.raw,
-            if filters.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", filters.join(" AND "))
-            }
+            where_of(&filters)
         );
         let batches = self.ctx.sql(&sql).await?.collect().await?;
         // Cast to the declared schema (the lake stores every column as nullable).
         let batches = batches
-            .into_iter()
-            .map(|b| {
-                let cols = b
-                    .columns()
-                    .iter()
-                    .zip(schema.fields())
-                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                RecordBatch::try_new(Arc::clone(&schema), cols)
-            })
+            .iter()
+            .map(|b| crate::schema::cast_to(b, &schema))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(concat_batches(&schema, &batches)?)
+    }
+
+    /// The oldest and newest `column` (ms) and the number of raw rows with `column` in `range`.
+    pub async fn span(
+        &self,
+        column: &str,
+        range: Range,
+    ) -> Result<(Option<i64>, Option<i64>, u64)> {
+        let sql = format!(
+            "SELECT min(\"{column}\"), max(\"{column}\"), count(*) FROM \"{}\" {}",
+            self.raw,
+            where_of(&range_filters(column, range))
+        );
+        let b = self.ctx.sql(&sql).await?.collect().await?;
+        let Some(b) = b.first().filter(|b| b.num_rows() > 0) else {
+            return Ok((None, None, 0));
+        };
+        let time = |i: usize| -> Result<Option<i64>> {
+            let c = arrow::compute::cast(
+                b.column(i),
+                &DataType::Timestamp(TimeUnit::Millisecond, None),
+            )?;
+            let c = c.as_primitive::<TimestampMillisecondType>();
+            Ok((!c.is_null(0)).then(|| c.value(0)))
+        };
+        let n = arrow::compute::cast(b.column(2), &DataType::Int64)?;
+        let n = n.as_primitive::<Int64Type>().value(0);
+        Ok((time(0)?, time(1)?, n.max(0) as u64))
     }
 
     /// (partition, offset) of every row dead-lettered by `transform` (`influx.<name>`).
@@ -187,7 +220,10 @@ impl History {
             from: range
                 .from
                 .map(|f| f.saturating_sub(lateness_ms).saturating_sub(spec.width_ms)),
-            to: range.to,
+            // `range` holds window starts: read to the end of the last window starting in it.
+            to: range
+                .to
+                .map(|t| spec.end_of(spec.start_of(t.saturating_sub(1)))),
         };
         let rows = self.rows(&spec.column, read, partition).await?;
         let refused = self.refused_by(&t.target_name()).await?;

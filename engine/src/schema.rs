@@ -118,6 +118,21 @@ pub fn parquet_writable(schema: &SchemaRef) -> Result<(), String> {
     w.close().map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// `batch` with each column cast to the type of `schema`'s column at the same place (e.g. the
+/// lake's nullable or differently typed columns to a declared schema).
+pub fn cast_to(
+    batch: &arrow::array::RecordBatch,
+    schema: &SchemaRef,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let cols = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    arrow::array::RecordBatch::try_new(Arc::clone(schema), cols)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

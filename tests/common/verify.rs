@@ -56,11 +56,35 @@ pub fn parse_line_protocol(text: &str) -> Points {
     out
 }
 
-/// A context with every lake dataset as a table and `transactions` as a view of `cars`.
+/// The shipped reference tables' directory.
+pub fn reference_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("reference")
+}
+
+/// A context with every lake dataset as a table, `transactions` as a view of `cars` and the
+/// shipped reference tables (`dealers`, `vehicles`) read by DataFusion from their files.
 pub async fn lake_context(root: &str) -> SessionContext {
+    lake_context_with(root, &reference_dir()).await
+}
+
+/// [`lake_context`] with the reference tables of `reference`.
+pub async fn lake_context_with(root: &str, reference: &Path) -> SessionContext {
     let ctx = SessionContext::new();
     let location = Location::open(root).unwrap();
     register_lake(&ctx, &location).await.unwrap();
+    for entry in std::fs::read_dir(reference).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "csv") {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            ctx.register_csv(
+                name.as_str(),
+                p.to_str().unwrap(),
+                datafusion::prelude::CsvReadOptions::new(),
+            )
+            .await
+            .unwrap();
+        }
+    }
     ctx.sql("CREATE VIEW transactions AS SELECT * FROM cars")
         .await
         .unwrap();
@@ -107,6 +131,9 @@ pub async fn assert_lake_exact(ctx: &SessionContext, good: i64) {
 /// The points every Influx query of `queries_dir` gives when run over the whole lake.
 pub async fn expected_points(ctx: &SessionContext, queries_dir: &Path) -> Points {
     let planner = Planner::new().unwrap();
+    // The queries plan against the reference tables the engine has.
+    let mut reference = carflow_engine::reference::ReferenceTables::new(reference_dir());
+    reference.refresh(&planner.batch_ctx).await;
     let mut set = TransformSet::default();
     let report = set
         .reload(&planner, queries_dir, &mut OpenGate)

@@ -124,6 +124,8 @@ pub struct PipelineOptions {
     pub queries_dir: PathBuf,
     /// Pick up query changes at batch boundaries.
     pub reload_queries: bool,
+    /// Directory of reference tables (`reference.dir`).
+    pub reference_dir: PathBuf,
     /// Allowed lateness of events.
     pub lateness: Duration,
     /// Idle partitions stop holding the watermark after this.
@@ -152,6 +154,7 @@ impl PipelineOptions {
             rules: DecodeRules::from_config(c),
             queries_dir: c.queries.dir.clone(),
             reload_queries: c.queries.reload,
+            reference_dir: c.reference.dir.clone(),
             lateness: c.windows.allowed_lateness.0,
             idle_timeout: c.windows.idle_timeout.0,
             max_window_rows: c.windows.max_rows,

@@ -9,6 +9,7 @@ use super::gate::{PipelineGate, Records};
 use super::{PipelineError, PipelineOptions};
 use crate::line_protocol::PointMapping;
 use crate::metrics::{Health, Metrics};
+use crate::reference::ReferenceTables;
 use crate::storage::Location;
 use crate::transform::isolate::Canary;
 use crate::transform::{Planner, Target, TransformSet};
@@ -42,6 +43,8 @@ pub struct Queries {
     pub records: Records,
     /// Lake datasets written since the start (for accounting).
     pub datasets_from_start: Vec<String>,
+    /// Reference tables the queries can JOIN.
+    pub reference: ReferenceTables,
     /// Files refused now, with why.
     refused: BTreeMap<PathBuf, String>,
     location: Location,
@@ -59,6 +62,9 @@ impl Queries {
         health: &Health,
     ) -> Result<Self, PipelineError> {
         let planner = Planner::new()?;
+        let mut reference = ReferenceTables::new(&options.reference_dir);
+        reference.refresh_logged(&planner.batch_ctx).await;
+        health.set("reference", reference.problem());
         let canary = Canary::new()?;
         // Short: SIGTERM is not looked at before the pipeline runs.
         let startup_limit = options.lake_timeout.min(std::time::Duration::from_secs(5));
@@ -86,6 +92,7 @@ impl Queries {
             canary,
             records,
             datasets_from_start: Vec::new(),
+            reference,
             refused: BTreeMap::new(),
             location: location.clone(),
             dir: options.queries_dir.clone(),
@@ -162,6 +169,8 @@ impl Queries {
         {
             self.records = r;
         }
+        self.reference.refresh_logged(&self.planner.batch_ctx).await;
+        health.set("reference", self.reference.problem());
         let r = match self.scan().await {
             Ok(r) => r,
             Err(e) => {
