@@ -11,6 +11,11 @@ jars first). Stages, one after the other, never overlapping, all on the same Kaf
   demo             `carflow demo`: generator → SQL → Parquet on local disk, no Kafka (engine core)
   core-ceiling     arrow-json decode + Parquet encode of the same rows in one process
                    (cargo bench --bench core_ceiling)
+  latency          `carflow api` + `carflow run` on a fresh topic: transactions POSTed at fixed rates
+                   (default 1k, 10k tx/s and as fast as possible), p50/p99 from the POST's 200 to the
+                   row in the lake and to its minute's point in InfluxDB
+  files            the lake of the carflow (else latency) stage: files per dataset, per Kafka
+                   partition and dt, mean size, and the time of a `carflow sql` GROUP BY over `cars`
 
 Every figure comes from the process tree of the system under test: wall time, CPU time (user +
 system of every process in the tree), peak RSS (sum over the tree, sampled every 100 ms; at least
@@ -23,11 +28,13 @@ import argparse
 import csv
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -36,6 +43,7 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 
 import psutil
@@ -49,7 +57,7 @@ BROKERS = "127.0.0.1:9092"
 HDFS = "hdfs://127.0.0.1:9000"
 WEBHDFS = "http://127.0.0.1:9870/webhdfs/v1"
 INFLUX = "http://127.0.0.1:8086"
-STAGES = ["kafka", "carflow", "spark-stateful", "spark-recompute", "demo", "core-ceiling"]
+STAGES = ["kafka", "carflow", "spark-stateful", "spark-recompute", "demo", "core-ceiling", "latency", "files"]
 MEASUREMENTS = ["sales_by_brand", "sales_by_state", "sales_by_payment", "sales_by_model", "price_percentiles"]
 
 
@@ -300,6 +308,247 @@ def metric_values(text: str) -> dict[str, float]:
     return vals
 
 
+def parse_duration_s(s: str) -> float:
+    """`1s`, `500ms`, `2m`, `1h` → seconds."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*(ms|s|m|h)\s*", str(s))
+    if not m:
+        raise BenchError(f"cannot read the duration {s!r}")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-quantile (0 < q <= 1) by nearest rank: a value that was measured, never interpolated."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[max(0, min(len(v) - 1, math.ceil(q * len(v)) - 1))]
+
+
+def webhdfs_list(path: str) -> list[dict]:
+    """LISTSTATUS of a directory ([] when it does not exist)."""
+    return webhdfs("LISTSTATUS", path).get("FileStatuses", {}).get("FileStatus", [])
+
+
+def hdfs_path(url: str) -> str:
+    """hdfs://127.0.0.1:9000/a/b → /a/b (only this machine's namenode, which WebHDFS serves)."""
+    if not url.startswith(HDFS + "/"):
+        raise BenchError(f"{url}: only lakes under {HDFS}/ can be listed (through WebHDFS)")
+    return url[len(HDFS):]
+
+
+# part-<topic>[-<topic id>]-<partition>-<first offset>-<last offset>.parquet (engine/src/sink/lake.rs)
+PART_FILE = re.compile(r"-(\d+)-(\d{20})-(\d{20})\.parquet$")
+
+
+def lake_walk(path: str, limit: int) -> list[tuple[str, int, int]]:
+    """Every file under `path` as (path relative to it, bytes, HDFS modification time in ms),
+    skipping `_…` and `.…` directories (carflow's ledger and staging); at most `limit` files."""
+    out: list[tuple[str, int, int]] = []
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        for st in webhdfs_list(f"{path}/{rel}".rstrip("/")):
+            name = st["pathSuffix"]
+            child = f"{rel}/{name}" if rel else name
+            if st["type"] == "DIRECTORY":
+                if not name.startswith(("_", ".")):
+                    todo.append(child)
+            else:
+                out.append((child, st["length"], st["modificationTime"]))
+                if len(out) >= limit:
+                    raise BenchError(f"{path}: more than {limit} files (--files-max)")
+    return out
+
+
+def carflow_sql(binary: str, lake: str, sql: str, timeout: float) -> list[dict]:
+    """Rows of `carflow sql --format csv` (one statement), as dicts of strings."""
+    cmd = [binary, "sql", "--config", str(CONFIG), "--lake", lake, "--quiet", "--format", "csv", "-c", sql]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        raise BenchError(f"carflow sql exited {out.returncode}: {sql[:200]}…\n{out.stderr[-2000:]}")
+    return list(csv.DictReader(out.stdout.splitlines()))
+
+
+class LatencyLoad:
+    """The latency stage's client: POSTs transactions to `carflow api` at a fixed rate from a few
+    threads (one keep-alive connection each), samples some of them, and watches the lake (WebHDFS
+    listing of `cars/`) and InfluxDB (`sales_by_brand`) to see when each sample got there.
+
+    A sample is the first record of a POST answered 200, taken at most every step/samples seconds.
+    Its clock starts when that answer has been read (`t_ack`). Lake: the first listing that shows
+    the Parquet file holding its (Kafka partition, offset) — found after the run with one `carflow
+    sql` query on the lake, which also proves the row readable. InfluxDB: the first poll at which
+    the `sales` of its (brand, minute) point is at least the number of records of that key
+    acknowledged up to its own answer, and not before its file is in the lake (the engine writes a
+    batch's window points after its lake commit).
+    """
+
+    def __init__(self, api_port: int, lake_path: str, influx_db: str, templates: list[tuple[list[str], str]],
+                 id_prefix: str, poll_s: float):
+        self.port, self.lake_path, self.db = api_port, lake_path, influx_db
+        self.templates, self.prefix, self.poll_s = templates, id_prefix, poll_s
+        self.lock = threading.Lock()
+        self.samples: list[dict] = []
+        self.key_acked: dict[tuple[str, int], int] = {}  # (brand, minute ms) -> records acknowledged
+        self.points: dict[tuple[str, int], int] = {}  # (brand, minute ms) -> `sales` of the point
+        self.files_seen: dict[tuple[int, int, int], float] = {}  # (partition, first, last) -> first seen
+        self.acked = 0
+        self.template_i = 0
+        self.polls = 0
+        self.poll_errors: list[str] = []
+        self.since_ms = int(time.time() // 60 * 60_000)
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+
+    # -- watching --------------------------------------------------------------------------------
+
+    def start_watching(self) -> None:
+        self._watcher.start()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+        self._watcher.join(timeout=30)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.time()
+            try:
+                seen = []
+                for d in webhdfs_list(f"{self.lake_path}/cars"):
+                    if d["type"] == "DIRECTORY":
+                        seen += [st["pathSuffix"] for st in webhdfs_list(f"{self.lake_path}/cars/{d['pathSuffix']}")]
+                t = time.time()
+                with self.lock:
+                    for name in seen:
+                        m = PART_FILE.search(name)
+                        if m:
+                            self.files_seen.setdefault((int(m.group(1)), int(m.group(2)), int(m.group(3))), t)
+                params = {"db": self.db, "epoch": "ms",
+                          "q": f'SELECT "sales", "brand" FROM "sales_by_brand" WHERE time >= {self.since_ms}ms'}
+                body = json.loads(http("POST", f"{INFLUX}/query", urllib.parse.urlencode(params).encode(), timeout=10))
+                t = time.time()
+                series = (body.get("results") or [{}])[0].get("series") or []
+                with self.lock:
+                    for sr in series:
+                        cols = sr["columns"]
+                        for row in sr["values"]:
+                            r = dict(zip(cols, row))
+                            if r.get("sales") is not None and r.get("brand") is not None:
+                                self.points[(r["brand"], int(r["time"]))] = int(r["sales"])
+                    for s in self.samples:
+                        if s["t_count"] is None and self.points.get(s["key"], 0) >= s["k"]:
+                            s["t_count"] = t
+                self.polls += 1
+            except Exception as e:  # noqa: BLE001 - a failed poll is counted, the next one retries
+                if len(self.poll_errors) < 20:
+                    self.poll_errors.append(f"{type(e).__name__}: {e}")
+            self._stop.wait(max(0.0, self.poll_s - (time.time() - t0)))
+
+    # -- load -------------------------------------------------------------------------------------
+
+    def _body(self, n: int, post: int, label: str) -> tuple[bytes, list[tuple[str, int]], str]:
+        now = time.time()
+        ms = int(now * 1000)
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{ms % 1000:03d}Z"
+        minute = ms // 60_000 * 60_000
+        with self.lock:
+            start = self.template_i
+            self.template_i += n
+        lines, keys = [], []
+        first_id = ""
+        for j in range(n):
+            (a, b, c), brand = self.templates[(start + j) % len(self.templates)]
+            tid = f"{self.prefix}-{label}-{post:07d}-{j:05d}"
+            first_id = first_id or tid
+            lines.append(a + tid + b + ts + c)
+            keys.append((brand, minute))
+        return ("\n".join(lines) + "\n").encode(), keys, first_id
+
+    def run_step(self, label: str, rate: float | None, duration: float, batch: int, workers: int,
+                 max_samples: int, sample: bool = True, max_posts: int | None = None) -> dict:
+        """POST `batch` records at a time, `rate` records/s in total (None: as fast as the API
+        answers), for `duration` seconds (or `max_posts` POSTs), from `workers` threads."""
+        interval = batch / rate if rate else 0.0
+        cpu0 = os.times()
+        t0 = time.time()
+        t_end = t0 + duration
+        gap = duration / max_samples if max_samples else float("inf")
+        st = {"next_post": 0, "next_sample": t0, "acked": 0, "posts": 0, "statuses": {}, "errors": [],
+              "max_behind_s": 0.0, "t_last_ack": t0}
+
+        def worker() -> None:
+            conn = HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                while True:
+                    with self.lock:
+                        i = st["next_post"]
+                        st["next_post"] += 1
+                    due = t0 + i * interval
+                    now = time.time()
+                    if due >= t_end or now >= t_end or (max_posts is not None and i >= max_posts):
+                        return
+                    if due > now:
+                        time.sleep(due - now)
+                    with self.lock:
+                        st["max_behind_s"] = max(st["max_behind_s"], time.time() - due)
+                    body, keys, first_id = self._body(batch, i, label)
+                    try:
+                        conn.request("POST", "/api/logs", body, {"Content-Type": "application/x-ndjson"})
+                        resp = conn.getresponse()
+                        answer = resp.read()
+                        t_ack = time.time()
+                        status = resp.status
+                    except (OSError, HTTPException) as e:
+                        conn.close()
+                        conn = HTTPConnection("127.0.0.1", self.port, timeout=30)
+                        with self.lock:
+                            st["statuses"]["error"] = st["statuses"].get("error", 0) + 1
+                            if len(st["errors"]) < 5:
+                                st["errors"].append(f"{type(e).__name__}: {e}")
+                        continue
+                    bad: set[int] = set()
+                    if status != 200:
+                        try:
+                            a = json.loads(answer)
+                            bad = {e["line"] for e in a.get("rejected", []) + a.get("not_accepted", [])}
+                            if not a.get("accepted"):
+                                bad = set(range(1, len(keys) + 1))
+                        except (ValueError, KeyError, TypeError):
+                            bad = set(range(1, len(keys) + 1))
+                    with self.lock:
+                        st["posts"] += 1
+                        st["statuses"][str(status)] = st["statuses"].get(str(status), 0) + 1
+                        for j, k in enumerate(keys, start=1):
+                            if j not in bad:
+                                self.key_acked[k] = self.key_acked.get(k, 0) + 1
+                        n_ok = len(keys) - len(bad)
+                        st["acked"] += n_ok
+                        self.acked += n_ok
+                        st["t_last_ack"] = max(st["t_last_ack"], t_ack)
+                        if sample and status == 200 and t_ack >= st["next_sample"] and t_ack < t_end + 5:
+                            st["next_sample"] = max(st["next_sample"] + gap, t_ack)
+                            self.samples.append({"id": first_id, "step": label, "t_ack": t_ack, "key": keys[0],
+                                                 "k": self.key_acked[keys[0]], "t_count": None})
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=duration + 60)
+        if any(t.is_alive() for t in threads):
+            raise BenchError(f"latency step {label}: client threads still busy 60 s after the step's end")
+        sending_s = max(st["t_last_ack"] - t0, 1e-9)
+        cpu1 = os.times()
+        return {"step": label, "rate_offered": rate, "records_per_post": batch, "workers": workers,
+                "duration_s": duration, "posts": st["posts"], "acked": st["acked"],
+                "rate_achieved": st["acked"] / sending_s, "statuses": st["statuses"],
+                "client_errors": st["errors"], "client_max_behind_s": round(st["max_behind_s"], 3),
+                "client_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 2)}
+
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages
 
@@ -320,6 +569,9 @@ class Bench:
         cfg = tomllib.loads(CONFIG.read_text())
         self.batch_max_rows = int(os.environ.get("CARFLOW_BATCH_MAX_ROWS", cfg["batch"]["max_rows"]))
         self.lateness = cfg.get("windows", {}).get("allowed_lateness", "4m")
+        self.linger = os.environ.get("CARFLOW_BATCH_LINGER", cfg["batch"].get("linger", "1s"))
+        self.topic_used = True  # False when only latency/files run: the bench topic is not checked or filled
+        self.created_topics: list[str] = []  # topics of this run (the latency stage's), deleted at the end
         self.topic_bytes: int | None = None  # bytes of the N messages, as carflow counts them
         self.perf_bytes: int | None = None  # the same, as ConsumerPerformance counts them (MiB * 2^20)
 
@@ -372,7 +624,8 @@ class Bench:
 
     def cleanup_outputs(self) -> None:
         if self.a.keep:
-            log(f"kept: HDFS {HDFS}{self.hdfs_root}, InfluxDB databases {', '.join(self.influx_dbs)}, {self.work}")
+            log(f"kept: HDFS {HDFS}{self.hdfs_root}, InfluxDB databases {', '.join(self.influx_dbs)}, {self.work}"
+                + (f", topics {', '.join(self.created_topics)}" if self.created_topics else ""))
             return
         for db in self.influx_dbs:
             try:
@@ -386,6 +639,18 @@ class Bench:
         except Exception as e:  # noqa: BLE001 - a group that never existed is fine
             if "does not exist" not in str(e) and "GroupIdNotFound" not in str(e):
                 log(f"cleanup: delete consumer groups: {str(e)[-300:]}")
+        for topic in self.created_topics:
+            try:
+                kafka_tool(self.kafka_cp, "org.apache.kafka.tools.TopicCommand", "--delete", "--topic", topic)
+            except Exception as e:  # noqa: BLE001
+                log(f"cleanup: delete topic {topic}: {str(e)[-300:]}")
+        if self.created_topics:
+            try:
+                kafka_tool(self.kafka_cp, "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--delete",
+                           "--group", f"bench-{self.run_id}-latency")
+            except Exception as e:  # noqa: BLE001 - a group that never existed is fine
+                if "does not exist" not in str(e) and "GroupIdNotFound" not in str(e):
+                    log(f"cleanup: delete consumer group bench-{self.run_id}-latency: {str(e)[-300:]}")
         try:
             webhdfs("DELETE", self.hdfs_root, method="DELETE", recursive="true")
         except Exception as e:  # noqa: BLE001
@@ -621,6 +886,273 @@ class Bench:
                 "records_per_cpu_s": float(fig["records_per_cpu_s"]), "source": fig.get("source", path),
                 "figure": fig}
 
+    # -- stage: latency ---------------------------------------------------------------------------
+
+    def stage_latency(self) -> dict:
+        """POST → lake and POST → InfluxDB latency at fixed rates, through `carflow api` and `carflow run`.
+
+        A fresh topic (deleted at the end), consumer group, HDFS lake and InfluxDB database of this
+        run; `deploy/carflow.toml` unchanged otherwise. See LatencyLoad for what is measured.
+        """
+        a = self.a
+        steps = []
+        for r in (x.strip() for x in a.latency_rates.split(",") if x.strip()):
+            if r == "max":
+                steps.append(("max", None, a.latency_max_batch))
+            else:
+                rate = float(r)
+                if rate <= 0:
+                    raise BenchError(f"--latency-rates: {r} is not a rate (tx/s) or `max`")
+                steps.append((f"{rate:g}", rate, max(1, round(rate / a.latency_posts_per_s))))
+        topic = f"bench-{self.run_id}-latency"
+        kafka_tool(self.kafka_cp, "org.apache.kafka.tools.TopicCommand", "--create", "--topic", topic,
+                   "--partitions", str(a.partitions), "--replication-factor", "1")
+        self.created_topics.append(topic)
+        db = self.influx_db("latency")
+        lake = f"{HDFS}{self.hdfs_root}/latency"
+        run_port, api_port = free_port(), free_port()
+        env = dict(os.environ)
+        env.update({
+            "CARFLOW_KAFKA_TOPIC": topic,
+            "CARFLOW_KAFKA_GROUP_ID": f"bench-{self.run_id}-latency",
+            "CARFLOW_LAKE_ROOT": lake,
+            "CARFLOW_INFLUX_BUCKET": db,
+            "CARFLOW_HTTP_LISTEN": f"127.0.0.1:{run_port}",
+            "CARFLOW_API_LISTEN": f"127.0.0.1:{api_port}",
+            "CARFLOW_QUERIES_DIR": str(REPO / "queries"),
+        })
+        run = Measured("carflow run (latency)", [a.carflow, "run", "--config", str(CONFIG), "--engine-id", "bench-latency"],
+                       self.work / "latency-run.log", env=env)
+        api = Measured("carflow api (latency)", [a.carflow, "api", "--config", str(CONFIG)],
+                       self.work / "latency-api.log", env=env)
+        run_url, api_url = f"http://127.0.0.1:{run_port}", f"http://127.0.0.1:{api_port}"
+        load = None
+        try:
+            t_launch = time.time()
+            for m, url in ((run, run_url), (api, api_url)):
+                deadline = time.time() + a.latency_startup_s
+                while True:
+                    if m.poll() is not None:
+                        raise BenchError(f"{m.name} exited {m.rc} at start:\n{m.tail()}")
+                    try:
+                        http("GET", f"{url}/health", timeout=2)
+                        break
+                    except (urllib.error.URLError, OSError):
+                        if time.time() > deadline:
+                            raise BenchError(f"{m.name}: /health not 200 after {a.latency_startup_s:.0f}s:\n{m.tail()}")
+                        time.sleep(0.1)
+            startup_s = time.time() - t_launch
+            # The bodies: the API's own generator (seeded), with transaction_id and sold_at replaced
+            # at send time (ids unique to the run, sold_at = the wall clock when the POST is built).
+            lines = http("GET", f"{api_url}/api/stream_car_transactions?seed={a.seed}&count=1000&rate=10000",
+                         timeout=60).decode().splitlines()
+            templates = []
+            for line in lines:
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                t = re.sub(r'"transaction_id":"[^"]*"', '"transaction_id":"\x01"', line, count=1)
+                t = re.sub(r'"sold_at":"[^"]*"', '"sold_at":"\x02"', t, count=1)
+                if t.count("\x01") != 1 or t.count("\x02") != 1 or t.index("\x01") > t.index("\x02"):
+                    raise BenchError(f"unexpected transaction from the API's stream: {line[:300]}")
+                head, rest = t.split("\x01")
+                mid, tail = rest.split("\x02")
+                templates.append(([head, mid, tail], rec["brand"]))
+            if not templates:
+                raise BenchError("the API's stream gave no transactions")
+            load = LatencyLoad(api_port, hdfs_path(lake), db, templates, f"{self.run_id}", a.latency_poll_s)
+            load.start_watching()
+
+            def records_in() -> float:
+                try:
+                    return metric_values(http("GET", f"{run_url}/metrics", timeout=5).decode()).get(
+                        "carflow_records_in_total", 0)
+                except (urllib.error.URLError, OSError):
+                    return -1
+
+            def drain(what: str) -> float:
+                t0 = time.time()
+                while records_in() < load.acked:
+                    for m in (run, api):
+                        if m.poll() is not None:
+                            raise BenchError(f"{m.name} exited {m.rc} during {what}:\n{m.tail()}")
+                    if time.time() - t0 > a.latency_drain_s:
+                        raise BenchError(f"latency {what}: carflow read {records_in():.0f} of {load.acked} "
+                                         f"acknowledged records after {a.latency_drain_s:.0f}s:\n{run.tail()}")
+                    time.sleep(0.1)
+                return time.time() - t0
+
+            # Warm-up (not sampled): the consumer group's assignment, the first dt directory, the
+            # first window points.
+            warm = load.run_step("warmup", None, 30.0, 100, 1, 0, sample=False, max_posts=1)
+            if warm["acked"] != 100:
+                raise BenchError(f"latency warm-up: the API acknowledged {warm['acked']} of 100 records "
+                                 f"({warm['statuses']}, {warm['client_errors']}):\n{api.tail()}")
+            warm_s = drain("warm-up")
+            results = []
+            for label, rate, batch in steps:
+                log(f"  latency step {label} tx/s: {batch} records per POST, {a.latency_step_s:.0f}s ...")
+                n0 = len(load.samples)
+                st = load.run_step(label, rate, a.latency_step_s, batch, a.latency_workers, a.latency_samples)
+                st["drain_s"] = drain(f"step {label}")
+                # the watcher's next polls see the last files and points
+                t0 = time.time()
+                while time.time() - t0 < 10 * a.latency_poll_s + 5:
+                    with load.lock:
+                        if all(s["t_count"] is not None for s in load.samples[n0:]):
+                            break
+                    time.sleep(a.latency_poll_s)
+                time.sleep(2 * a.latency_poll_s)
+                st["samples"] = len(load.samples) - n0
+                results.append(st)
+                log(f"    acknowledged {st['acked']:,} in {st['duration_s']:.0f}s = {st['rate_achieved']:,.0f} tx/s, "
+                    f"answers {st['statuses']}, {st['samples']} samples, drained in {st['drain_s']:.1f}s")
+            load.stop_watching()
+            # Where each sample is: its Kafka partition and offset, read back through `carflow sql`
+            # (which proves it readable), then the listing that first showed the file holding it.
+            where: dict[str, tuple[int, int]] = {}
+            ids = [s["id"] for s in load.samples]
+            for i in range(0, len(ids), 500):
+                in_list = ",".join(f"'{x}'" for x in ids[i:i + 500])
+                for row in carflow_sql(a.carflow, lake,
+                                       f"SELECT transaction_id, _partition, _offset FROM cars WHERE transaction_id IN ({in_list})",
+                                       timeout=600):
+                    where[row["transaction_id"]] = (int(row["_partition"]), int(row["_offset"]))
+            vals = metric_values(http("GET", f"{run_url}/metrics", timeout=5).decode())
+        finally:
+            if load is not None:
+                load.stop_watching()
+            for m in (api, run):
+                if m.poll() is None:
+                    m.stop(grace=60)
+        missing_lake = missing_influx = 0
+        for s in load.samples:
+            s["lake_s"] = s["influx_s"] = None
+            pos = where.get(s["id"])
+            t_file = None
+            if pos:
+                p, off = pos
+                s["partition"], s["offset"] = p, off
+                t_file = min((t for (fp, first, last), t in load.files_seen.items() if fp == p and first <= off <= last),
+                             default=None)
+            if t_file is None:
+                missing_lake += 1
+            else:
+                s["lake_s"] = t_file - s["t_ack"]
+            if s["t_count"] is None or t_file is None:
+                missing_influx += 1
+            else:
+                s["influx_s"] = max(s["t_count"], t_file) - s["t_ack"]
+        for st in results:
+            mine = [s for s in load.samples if s["step"] == st["step"]]
+            for what in ("lake", "influx"):
+                v = [s[f"{what}_s"] for s in mine if s[f"{what}_s"] is not None]
+                st[what] = {"n": len(v), "p50_s": pct(v, 0.5), "p99_s": pct(v, 0.99),
+                            "max_s": max(v) if v else None, "min_s": min(v) if v else None,
+                            "missing": len(mine) - len(v)}
+        linger = parse_duration_s(self.linger)
+        acked = load.acked
+        self.check("latency: lake rows == acknowledged records",
+                   vals.get('carflow_rows_out_total{sink="lake",target="cars"}', 0), acked)
+        self.check("latency: dead letters == 0", vals.get("carflow_dead_letters_total", 0), 0)
+        self.check("latency: samples found in the lake and InfluxDB (missing)", missing_lake + missing_influx, 0)
+        return {
+            "system": "carflow latency", "what": "POST /api/logs 200 → row in the lake / its minute point in InfluxDB",
+            "topic": topic, "lake": lake, "influx_db": db, "linger_s": linger, "goal_p99_s": linger + 1.0,
+            "batch_max_rows": self.batch_max_rows, "poll_s": a.latency_poll_s,
+            "polls": load.polls, "poll_errors": load.poll_errors, "startup_s": startup_s,
+            "warmup": {**warm, "drain_s": warm_s}, "steps": results, "acked_total": acked,
+            "lake_files_seen": len(load.files_seen),
+            "carflow_run": {"cpu_s": run.cpu_seconds(), "peak_rss_mb": run.peak_rss_bytes() / 1e6, "exit_code": run.rc,
+                            "log": str(run.log_path), "metrics_at_end": vals},
+            "carflow_api": {"cpu_s": api.cpu_seconds(), "peak_rss_mb": api.peak_rss_bytes() / 1e6, "exit_code": api.rc,
+                            "log": str(api.log_path)},
+            "samples": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items() if k != "key"}
+                        | {"brand": s["key"][0], "minute_ms": s["key"][1]} for s in load.samples],
+            "load_avg_at_start": self.stage_load,
+            "note": ("lake: first WebHDFS listing of cars/dt=*/ showing the sample's file (polled every poll_s); "
+                     "influx: first poll with sales_by_brand(brand, minute).sales >= records of that key "
+                     "acknowledged up to the sample's answer, not before its lake file"),
+        }
+
+    # -- stage: lake files ------------------------------------------------------------------------
+
+    def stage_files(self) -> dict:
+        """Files of a lake (this run's carflow stage, else its latency stage, else --files-lake):
+        per dataset, per (dt, Kafka partition), mean size; and `carflow sql` GROUP BY times."""
+        a = self.a
+        want_rows = None
+        if a.files_lake:
+            lake, source = a.files_lake, "--files-lake"
+        elif "carflow" in self.results:
+            lake, source = self.results["carflow"]["lake"], "carflow"
+            want_rows = self.n
+        elif "latency" in self.results:
+            lake, source = self.results["latency"]["lake"], "latency"
+            want_rows = self.results["latency"]["acked_total"]
+        else:
+            raise BenchError("stage files: no lake to look at; run it after carflow or latency "
+                             "(--stages carflow,files) or pass --files-lake hdfs://127.0.0.1:9000/…")
+        root = hdfs_path(lake)
+        t0 = time.time()
+        files = lake_walk(root, a.files_max)
+        list_s = time.time() - t0
+        datasets: dict[str, dict] = {}
+        for rel, size, _mtime in files:
+            ds, _, rest = rel.partition("/")
+            if not rest or not rel.endswith(".parquet"):
+                continue
+            d = datasets.setdefault(ds, {"files": 0, "bytes": 0, "by_dt": {}, "by_partition": {}, "by_dt_partition": {}})
+            d["files"] += 1
+            d["bytes"] += size
+            dtp = next((seg for seg in rest.split("/") if seg.startswith("dt=")), "(no dt)")
+            m = PART_FILE.search(rest)
+            part = m.group(1) if m else "?"
+            d["by_dt"][dtp] = d["by_dt"].get(dtp, 0) + 1
+            d["by_partition"][part] = d["by_partition"].get(part, 0) + 1
+            key = f"{dtp}/{part}"
+            d["by_dt_partition"][key] = d["by_dt_partition"].get(key, 0) + 1
+        for d in datasets.values():
+            d["mean_file_mb"] = d["bytes"] / d["files"] / 1e6 if d["files"] else None
+            per = list(d["by_dt_partition"].values())
+            d["files_per_dt_partition"] = {"min": min(per), "mean": sum(per) / len(per), "max": max(per),
+                                           "groups": len(per)} if per else None
+        if "cars" not in datasets:
+            raise BenchError(f"stage files: no Parquet files under {lake}/cars")
+        sql = a.files_query
+        runs = []
+        rows = None
+        for i in range(a.files_query_runs):
+            cmd = [a.carflow, "sql", "--config", str(CONFIG), "--lake", lake, "--quiet", "--format", "csv", "-c", sql]
+            m = Measured(f"carflow sql #{i + 1}", cmd, self.work / f"files-sql-{i + 1}.log")
+            rc = m.wait(a.timeout)
+            if rc is None:
+                m.stop(grace=10)
+                raise BenchError(f"carflow sql: not done after {a.timeout:.0f}s:\n{m.tail()}")
+            if rc != 0:
+                raise BenchError(f"carflow sql exited {rc}:\n{m.tail()}")
+            # the CSV from its header on (stderr shares the log; carflow sql --quiet writes nothing there)
+            lines = m.log_path.read_text(errors="replace").splitlines()
+            hdr = next((i for i, l in enumerate(lines) if "n" in [c.strip() for c in l.split(",")]), None)
+            out = list(csv.DictReader(lines[hdr:])) if hdr is not None else []
+            runs.append({"wall_s": m.t_exit - m.t_start, "cpu_s": m.cpu_seconds(), "peak_rss_mb": m.peak_rss_bytes() / 1e6})
+            try:
+                rows = sum(int(r["n"]) for r in out)
+            except (KeyError, ValueError, TypeError):
+                rows = None
+        if want_rows is not None and "count(*) as n" in sql.lower().replace('"', ""):
+            self.check(f"files: carflow sql count over cars == {source} lake rows", rows, want_rows)
+        walls = [r["wall_s"] for r in runs]
+        return {
+            "system": "lake files", "what": f"the lake of stage {source}: files, sizes, carflow sql GROUP BY time",
+            "lake": lake, "source": source, "list_s": list_s, "datasets": datasets,
+            "query": sql, "query_rows_counted": rows, "query_runs": runs,
+            "query_s_first": walls[0] if walls else None,
+            "query_s_median": statistics.median(walls) if walls else None,
+            "load_avg_at_start": self.stage_load,
+            "note": "query wall time = carflow sql process launch → exit (binary start, HDFS listing, read, aggregate)",
+        }
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _result(self, system: str, what: str, m: Measured, *, records: int, t_ready, t_done,
@@ -732,6 +1264,52 @@ def report(b: Bench, started: float) -> str:
         ratios.append(s)
     if cf:
         ratios.append(f"carflow peak RSS {cf['peak_rss_mb']:,.0f} MB; CPU {cf['cpu_s']:.1f}s for {cf['records']:,} records")
+    lat, fl = res.get("latency"), res.get("files")
+    extra: list[str] = []
+    if lat:
+        goal = lat["goal_p99_s"]
+        for st in lat["steps"]:
+            lk, ix = st["lake"], st["influx"]
+            if lk["p99_s"] is None and ix["p99_s"] is None:
+                continue
+            ratios.append(f"latency p99 at {st['step']} tx/s ({st['rate_achieved']:,.0f} achieved): lake "
+                          f"{fmt(lk['p99_s'], '{:.2f}')} s, InfluxDB {fmt(ix['p99_s'], '{:.2f}')} s = "
+                          f"{fmt(lk['p99_s'] / goal if lk['p99_s'] is not None else None, '{:.2f}')}x / "
+                          f"{fmt(ix['p99_s'] / goal if ix['p99_s'] is not None else None, '{:.2f}')}x the goal "
+                          f"(linger {lat['linger_s']:g} s + 1 s = {goal:g} s)")
+        lrows = [[st["step"], fmt(st["rate_achieved"]), str(st["records_per_post"]), str(st["lake"]["n"]),
+                  fmt(st["lake"]["p50_s"], "{:.2f}"), fmt(st["lake"]["p99_s"], "{:.2f}"), fmt(st["lake"]["max_s"], "{:.2f}"),
+                  fmt(st["influx"]["p50_s"], "{:.2f}"), fmt(st["influx"]["p99_s"], "{:.2f}"),
+                  fmt(st["influx"]["max_s"], "{:.2f}"),
+                  str(sum(v for k, v in st["statuses"].items() if k != "200"))] for st in lat["steps"]]
+        lhdr = ["tx/s offered", "achieved", "per POST", "samples", "lake p50", "p99", "max", "Influx p50", "p99",
+                "max", "non-200"]
+        lw = [max(len(str(x[i])) for x in lrows + [lhdr]) for i in range(len(lhdr))]
+        lline = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                        for i, (c, w) in enumerate(zip(cells, lw)))
+        run = lat["carflow_run"]
+        extra += ["", f"latency, seconds from POST /api/logs answered 200 to the row in the lake / its minute's point "
+                      f"in InfluxDB (batch linger {lat['linger_s']:g} s, goal p99 <= {lat['goal_p99_s']:g} s; "
+                      f"polled every {lat['poll_s']:g} s; carflow run: CPU {run['cpu_s']:.1f} s, "
+                      f"peak RSS {run['peak_rss_mb']:,.0f} MB):",
+                  lline(lhdr), lline(["-" * w for w in lw]), *[lline(r) for r in lrows]]
+    if fl:
+        cars = fl["datasets"]["cars"]
+        fp = cars["files_per_dt_partition"]
+        ratios.append(f"lake files ({fl['source']} lake): cars {cars['files']:,} files, "
+                      f"{fp['mean']:,.1f} per (dt, Kafka partition) (max {fp['max']:,}), mean "
+                      f"{cars['mean_file_mb']:.2f} MB; carflow sql GROUP BY over cars "
+                      f"{fmt(fl['query_s_median'], '{:.2f}')} s (median of {len(fl['query_runs'])}, "
+                      f"first {fmt(fl['query_s_first'], '{:.2f}')} s)")
+        extra += ["", f"lake files of stage {fl['source']} ({fl['lake']}):"]
+        for name, d in sorted(fl["datasets"].items()):
+            fp = d["files_per_dt_partition"]
+            extra.append(f"  {name}: {d['files']:,} files, {d['bytes'] / 1e6:,.1f} MB, mean {d['mean_file_mb']:.3f} MB/file; "
+                         f"per dt {d['by_dt']}; per Kafka partition {dict(sorted(d['by_partition'].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))}; "
+                         f"per (dt, partition) min {fp['min']} mean {fp['mean']:.1f} max {fp['max']}")
+        extra.append(f"  carflow sql -c \"{fl['query']}\": " + ", ".join(
+            f"{r['wall_s']:.2f} s ({r['cpu_s']:.1f} CPU s, {r['peak_rss_mb']:,.0f} MB)" for r in fl["query_runs"])
+            + (f"; {fl['query_rows_counted']:,} rows counted" if fl.get("query_rows_counted") is not None else ""))
 
     failed = [c for c in b.checks if not c["ok"]]
     checks = [f"DIFF {c['check'].split(':')[0]}: {c['difference']}" if c.get("difference") else
@@ -744,10 +1322,11 @@ def report(b: Bench, started: float) -> str:
                 f"{m}={v['points']}pts/{v['sales']}" for m, v in r["influx"].items()))
     txt = "\n".join([
         f"carflow benchmark {dt.datetime.fromtimestamp(started).isoformat(timespec='seconds')} — "
-        f"{b.n:,} transactions, topic {b.topic} ({b.partitions} partitions), carflow {b.a.carflow}",
+        + (f"{b.n:,} transactions, topic {b.topic} ({b.partitions} partitions)" if b.topic_used else
+         f"stages {', '.join(k for k in res)} (the bench topic is not used)") + f", carflow {b.a.carflow}",
         f"host: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
         f"MB = 10^6 bytes of Kafka messages ({(b.topic_bytes or 0) / 1e6:,.1f} MB in the topic)",
-        "", *out, "", *ratios, "",
+        "", *out, "", *ratios, *extra, "",
         "outputs (InfluxDB points / total `sales` per measurement):", *infl, "",
         "checks:", *checks,
         *(["", f"{len(failed)} CHECK(S) FAILED"] if failed else []),
@@ -872,6 +1451,26 @@ def main(argv: list[str]) -> int:
     p.add_argument("--spark-java-home", help="JAVA_HOME for Spark (default: java on PATH)")
     p.add_argument("--core-ceiling-file", help="JSON {records_per_cpu_s, source} written earlier by benches/core_ceiling.rs (skips running it)")
     p.add_argument("--core-ceiling-cmd", help="command that writes the figure file (default: cargo bench --bench core_ceiling ...)")
+    g = p.add_argument_group("stage latency")
+    g.add_argument("--latency-rates", default="1000,10000,max",
+                   help="steps, tx/s, `max` = as fast as the API answers (default 1000,10000,max)")
+    g.add_argument("--latency-step-s", type=float, default=20.0, help="seconds of posting per step (default 20)")
+    g.add_argument("--latency-posts-per-s", type=float, default=20.0,
+                   help="POSTs per second at a fixed rate; records per POST = rate / this (default 20)")
+    g.add_argument("--latency-max-batch", type=int, default=1000, help="records per POST in the max step (default 1000)")
+    g.add_argument("--latency-workers", type=int, default=4, help="client threads, one connection each (default 4)")
+    g.add_argument("--latency-samples", type=int, default=200, help="sampled transactions per step, at most (default 200)")
+    g.add_argument("--latency-poll-s", type=float, default=0.1,
+                   help="seconds between polls of the lake listing and InfluxDB (default 0.1)")
+    g.add_argument("--latency-startup-s", type=float, default=120.0, help="bound on carflow run/api start (default 120)")
+    g.add_argument("--latency-drain-s", type=float, default=120.0,
+                   help="bound on carflow catching up after a step (default 120)")
+    g = p.add_argument_group("stage files")
+    g.add_argument("--files-lake", help="look at this lake (hdfs://127.0.0.1:9000/…) instead of this run's")
+    g.add_argument("--files-query", default="SELECT brand, count(*) AS n, sum(price) AS revenue FROM cars GROUP BY brand",
+                   help="the query timed (default: count and revenue per brand over cars)")
+    g.add_argument("--files-query-runs", type=int, default=3, help="times the query is run (default 3)")
+    g.add_argument("--files-max", type=int, default=200_000, help="bound on the files listed (default 200000)")
     p.add_argument("--results-dir", help="default benches/results/<date>")
     p.add_argument("--work-dir", help="logs and scratch (default /tmp/carflow-bench-<run id>)")
     p.add_argument("--keep", action="store_true", help="keep the HDFS lakes, InfluxDB databases and logs")
@@ -896,7 +1495,11 @@ def main(argv: list[str]) -> int:
         if os.getloadavg()[0] > 1.0:
             log(f"note: load average {os.getloadavg()[0]:.1f} before the run: other work on this machine "
                 "skews every figure")
-        b.ensure_topic()
+        if set(stages) <= {"latency", "files"}:
+            b.partitions = a.partitions  # neither reads the bench topic (latency makes its own)
+            b.topic_used = False
+        else:
+            b.ensure_topic()
         for s in stages:
             b.stage_load = os.getloadavg()
             log(f"stage {s} (load average {b.stage_load[0]:.1f}) ...")
@@ -915,6 +1518,10 @@ def main(argv: list[str]) -> int:
                 r = b.stage_core_ceiling()
                 if r:
                     b.results[s] = r
+            elif s == "latency":
+                b.results[s] = b.stage_latency()
+            elif s == "files":
+                b.results[s] = b.stage_files()
             r = b.results.get(s)
             if r and r.get("records_per_s"):
                 log(f"  {r['system']}: {r['records_per_s']:,.0f} rec/s, CPU {r['cpu_s']:.1f}s, "
