@@ -115,8 +115,24 @@ INFLUX_QUERIES = [
                   CAST(max(price) AS DOUBLE) AS max_price
            FROM ok WHERE status = 'completed' GROUP BY ALL""",
     ),
+    (
+        # queries/sales_by_region.sql: joined with the shipped reference tables (REFERENCE_DIR is
+        # substituted with the repository's reference/ directory).
+        "sales_by_region",
+        ["region", "segment"],
+        ["sales", "revenue", "new_sales", "new_discount"],
+        """SELECT (epoch_ms(x.sold_at) // 60000) * 60000 AS t, d.region, d.segment,
+                  count(*) AS sales, sum(x.price) AS revenue,
+                  count(v.msrp) FILTER (WHERE x.condition = 'new') AS new_sales,
+                  avg(1.0 - CAST(x.price AS DOUBLE) / v.msrp) FILTER (WHERE x.condition = 'new') AS new_discount
+           FROM ok x
+           JOIN read_csv('REFERENCE_DIR/dealers.csv', header = true) d ON d.dealer_id = x.dealer_id
+           LEFT JOIN read_csv('REFERENCE_DIR/vehicles.csv', header = true) v
+             ON v.brand = x.brand AND v.model = x.model AND v.model_year = x.model_year
+           GROUP BY ALL""",
+    ),
 ]
-EXACT_FIELDS = {"sales", "min_price", "max_price"}
+EXACT_FIELDS = {"sales", "min_price", "max_price", "new_sales"}
 APPROX_FIELDS = {"p25": 0.25, "p50": 0.5, "p75": 0.75, "p90": 0.9}
 # The sorted prices of each percentile window, to judge approximate percentiles in rank space too.
 PERCENTILE_VALUES_SQL = """SELECT (epoch_ms(sold_at) // 300000) * 300000 AS t, condition,
@@ -908,6 +924,7 @@ class Run:
             "CARFLOW_INFLUX_URL": self.svc.influx_url,
             "CARFLOW_INFLUX_BUCKET": self.db,
             "CARFLOW_QUERIES_DIR": str(self.queries_dir),
+            "CARFLOW_REFERENCE_DIR": str(self.repo / "reference"),
             "CARFLOW_BATCH_MAX_ROWS": str(a.batch_rows),
             "CARFLOW_BATCH_LINGER": a.batch_linger,
             "CARFLOW_LOG": os.environ.get("CARFLOW_FAULTS_ENGINE_LOG", "info"),
@@ -1297,7 +1314,7 @@ class Run:
         unexpected_measurements = [m for m in measurements if m not in expected_names and m != "carflow_engine"]
         out["unexpected_measurements"] = unexpected_measurements
         for name, tags, fields, sql in INFLUX_QUERIES:
-            sql1 = sql.replace("FROM ok", "FROM ok1")
+            sql1 = sql.replace("FROM ok", "FROM ok1").replace("REFERENCE_DIR", str(self.repo / "reference"))
             rows = con.execute(sql1).fetchall()
             exp = {}
             for r in rows:
@@ -1373,6 +1390,7 @@ class Run:
         if not low or "revenue" not in fields:
             return 0
         per_part_sql = sql.replace("FROM ok", "FROM ok1").replace(
+            "REFERENCE_DIR", str(self.repo / "reference")).replace(
             "count(*) AS sales", "_partition AS part, count(*) AS sales")
         # Keep only the grouping columns and the two fields compared.
         cur = con.execute(per_part_sql)
