@@ -276,9 +276,23 @@ pub struct DeadLettersArgs {
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
     /// List dead letters with their reason, origin and replay status.
-    List(ReplayArgs),
+    List(ListArgs),
     /// Replay the chosen dead letters that decode with the current rules, exactly once.
     Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Choose dead letters with a SQL condition over the dead_letters table (topic, partition,
+    /// offset, reason, transform, payload_text, received_at, dt).
+    #[arg(long = "where")]
+    pub r#where: Option<String>,
+    /// The lake root (default: lake.root of the config).
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// text or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

@@ -32,7 +32,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::cli::{DeadLettersArgs, DeadLettersCommand, Format, Global, ReplayArgs};
+use crate::cli::{DeadLettersArgs, DeadLettersCommand, Format, Global, ListArgs, ReplayArgs};
 
 /// A dead letter as read from the lake.
 #[derive(Debug, Clone, Serialize)]
@@ -140,7 +140,7 @@ pub async fn run(global: &Global, args: DeadLettersArgs) -> anyhow::Result<ExitC
     }
 }
 
-async fn list(global: &Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
     let lake = open(global, args.lake.as_deref()).await?;
     let (replayed, failing) = lake.ledger.state().await?;
     let mut all = letters(&lake.ctx, args.r#where.as_deref()).await?;
