@@ -33,7 +33,16 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .expect("runtime")
 });
 
-static PLANNER: LazyLock<Planner> = LazyLock::new(|| Planner::new().expect("planner"));
+/// A planner with the shipped reference tables registered, as the engine has them.
+static PLANNER: LazyLock<Planner> = LazyLock::new(|| {
+    let planner = Planner::new().expect("planner");
+    let mut reference = carflow_engine::reference::ReferenceTables::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../reference"),
+    );
+    let loaded = RUNTIME.block_on(reference.refresh(&planner.batch_ctx));
+    assert!(loaded.refused.is_empty(), "reference tables: {loaded:?}");
+    planner
+});
 
 /// The shipped queries, by file name.
 static SHIPPED: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
