@@ -141,6 +141,9 @@ pub struct PartitionLedger {
     pub next_offset: i64,
     /// Topic id the offsets belong to, if known.
     pub topic_id: Option<String>,
+    /// Set by a load: after this owner's first commit, staged files of that step left by a
+    /// writer that died while staging it are swept (the load sweeps only up to the loaded step).
+    pub sweep_after_commit: bool,
 }
 
 /// What the next commit of a partition records besides its files.
@@ -319,6 +322,7 @@ impl OffsetLedger {
             seq,
             next_offset: latest.as_ref().map_or(0, |e| e.next_offset),
             topic_id: latest.as_ref().and_then(|e| e.topic_id.clone()),
+            sweep_after_commit: true,
         };
         Ok((ledger, latest))
     }
@@ -429,6 +433,12 @@ impl OffsetLedger {
         ledger.topic_id = e.entry.topic_id.clone();
         self.finish_moves(&e.entry.files).await?;
         self.remove_dir_chain(&e.dir, &ledger.tp).await;
+        if ledger.sweep_after_commit {
+            ledger.sweep_after_commit = false;
+            if let Err(err) = self.remove_orphans(&ledger.tp, seq).await {
+                tracing::debug!(partition = %ledger.tp, error = %err, "cannot sweep the staging area");
+            }
+        }
         if seq > KEEP_ENTRIES {
             let old = self.entry_path(&ledger.tp, seq - KEEP_ENTRIES);
             let _ = self.store().delete(&old).await;

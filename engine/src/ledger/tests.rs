@@ -48,7 +48,10 @@ async fn a_commit_is_visible_survives_a_reload_and_leaves_no_staging_behind() {
         "the commit's staging directory is gone"
     );
     let (again, entry) = ledger(tmp.path(), "b").load(&tp()).await.unwrap();
-    assert_eq!(again, p);
+    assert_eq!(
+        (&again.tp, again.seq, again.next_offset, &again.topic_id),
+        (&p.tp, p.seq, p.next_offset, &p.topic_id)
+    );
     assert_eq!(entry.unwrap().next_offset, 100);
 }
 
@@ -177,4 +180,38 @@ async fn old_entries_are_pruned_and_state_is_carried_by_each_entry() {
     assert_eq!(latest.next_offset, 100);
     assert_eq!(latest.progress.max_event_ms["sold_at"], 10_000);
     assert_eq!(latest.topic_id.as_deref(), Some("id-1"));
+}
+
+/// Found by the short fault run (seed 20787, 2026-11-30): a writer killed while staging the
+/// commit after the latest entry leaves files that the next owner's load does not sweep (they are
+/// beyond the loaded step). Once that owner has taken the step itself, they are garbage.
+#[tokio::test]
+async fn a_dead_writers_staging_for_the_next_step_is_swept_after_the_new_owner_takes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = ledger(tmp.path(), "dead");
+    let (_, _) = dead.load(&tp()).await.unwrap();
+    // Killed while staging step 1: files, no entry.
+    let _ = stage(&dead, 1, "dead.parquet").await;
+    let owner = ledger(tmp.path(), "owner");
+    let (mut p, _) = owner.load(&tp()).await.unwrap();
+    assert!(
+        !staging_is_empty(tmp.path()),
+        "the load leaves step 1 alone"
+    );
+    let f = stage(&owner, 1, "owner.parquet").await;
+    owner
+        .commit(&mut p, 10, vec![f], CommitState::default())
+        .await
+        .unwrap();
+    assert!(
+        staging_is_empty(tmp.path()),
+        "the dead writer's staged step 1 is gone"
+    );
+    // Later commits do not list the staging area again.
+    let f = stage(&owner, 2, "owner2.parquet").await;
+    owner
+        .commit(&mut p, 20, vec![f], CommitState::default())
+        .await
+        .unwrap();
+    assert!(staging_is_empty(tmp.path()));
 }
