@@ -68,17 +68,25 @@ Example:
   carflow generate --count 200000                 as fast as possible
   carflow generate --duration 10m --rate 500      a steady stream")]
     Generate(GenerateArgs),
-    /// Write an influx.* query's points over the lake's history, exactly as the stream would.
+    /// Run a query over the lake's history and write its output exactly as the stream would.
     #[command(after_help = "\
-Runs the query over the lake's raw dataset (lake.raw_dataset, default cars) as the stream saw it
-(late rows and rows the query refused are left out) and writes the same points to [influx].
-Idempotent: a point with the same series and time overwrites. Safe while `carflow run` is live:
-for a windowed query only windows the live engine has closed (below the committed closed boundary
-of its ledger) are written; open windows are the live engine's (a new query's open windows are
-seeded from the lake when it starts). lake.* queries are refused.
+influx.* queries: runs the query over the lake's raw dataset (lake.raw_dataset, default cars) as
+the stream saw it (late rows and rows the query refused are left out) and writes the same points
+to [influx]. Idempotent: a point with the same series and time overwrites. Safe while `carflow
+run` is live: for a windowed query only windows the live engine has closed (below the committed
+closed boundary of its ledger) are written; open windows are the live engine's (a new query's open
+windows are seeded from the lake when it starts).
+
+lake.* queries: writes the dataset's rows for every Kafka offset it does not hold yet (the offsets
+before the live engine started the query, per partition, as its ledger records), computed from the
+raw dataset, in the stream's layout, as one commit: readers see all of it or none. Each offset
+lands once: running it twice writes nothing the second time, and the live engine (which writes
+from where it started the query) never overlaps it. --from/--to do not apply (a dataset is
+backfilled whole); rows the query cannot process are counted and named in the summary.
 Examples:
   carflow backfill queries/sales_by_color.sql --from 2026-01-01
-  carflow backfill queries/sales_by_color.sql --from 2026-01-01 --to 2026-01-02T12:00:00Z --format json")]
+  carflow backfill queries/sales_by_color.sql --from 2026-01-01 --to 2026-01-02T12:00:00Z --format json
+  carflow backfill queries/expensive_cars.sql           (a lake.* query dropped into queries/)")]
     Backfill(BackfillArgs),
     /// Recompute every windowed influx.* query from the lake and compare with InfluxDB.
     #[command(after_help = "\
@@ -243,8 +251,11 @@ pub struct HistoryArgs {
 
 #[derive(Debug, Args)]
 pub struct BackfillArgs {
-    /// The query file (an INSERT INTO influx.<measurement> … FROM transactions).
+    /// The query file (INSERT INTO influx.<measurement> or lake.<dataset> … FROM transactions).
     pub file: PathBuf,
+    /// lake.*: show what would be written (offsets per partition) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub range: HistoryArgs,
 }

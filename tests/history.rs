@@ -151,10 +151,10 @@ async fn a_backfilled_query_equals_what_the_stream_wrote() {
         "a second backfill changes nothing"
     );
 
-    // lake.* is refused with why.
+    // The raw dataset is the source of every backfill: refused with why.
     let (c, _, err) = carflow(&env, &["backfill", "queries/cars.sql"]);
     assert_eq!(c, 2, "{err}");
-    assert!(err.contains("lake.cars cannot be backfilled"), "{err}");
+    assert!(err.contains("lake.cars is the raw dataset"), "{err}");
 
     // The live engine goes on; the closed windows it wrote are still what the lake gives.
     feed.send(2_000).await;
@@ -162,6 +162,105 @@ async fn a_backfilled_query_equals_what_the_stream_wrote() {
     assert!(e.stop(), "{}", e.log_tail());
     let r = carflow_json(&env, &["reconcile"], 0);
     assert_eq!(r["differences"], 0, "{r}");
+}
+
+/// A lake query the shipped set does not have: the expensive cars, by day.
+const EXPENSIVE: &str = "INSERT INTO lake.expensive PARTITION (dt)
+SELECT *, CAST(date_trunc('day', sold_at) AS DATE) AS dt
+FROM transactions WHERE price > 40000;
+";
+
+/// A lake.* query dropped into queries/ while the engine runs, then backfilled while the stream
+/// goes on: its dataset holds exactly the raw rows the query keeps, each (partition, offset)
+/// once — the offsets before the engine started it from the backfill, the rest from the engine —
+/// a second backfill writes nothing, and event-time ranges are refused for lake.* queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilled_lake_query_holds_every_offset_once_beside_the_live_engine() {
+    let s = setup_with("hist-lake", 3).await;
+    let mut feed = Feed::new(&s.kafka, &s.topic.name, 154);
+    feed.send(100_000).await;
+    let queries = queries_with(&[]);
+    let env = s.env_with_queries("carflow-hist-lake", queries.path());
+    let mut e = EngineProcess::start(&env, s.logs.path(), "lake");
+    s.wait_done(&mut [&mut e], Duration::from_secs(900)).await;
+    // Dropped while running: the engine writes it from the next batch on.
+    let file = queries.path().join("expensive.sql");
+    write_file(&file, EXPENSIVE);
+    feed.send(3_000).await;
+    s.wait_done(&mut [&mut e], Duration::from_secs(900)).await;
+    let file = file.to_str().unwrap().to_string();
+
+    let (c, _, err) = carflow(&env, &["backfill", &file, "--from", "2026-01-01"]);
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("backfilled whole"), "{err}");
+    let plan = carflow_json(&env, &["backfill", &file, "--dry-run"], 0);
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    assert!(
+        plan["offsets"].as_object().unwrap().len() == 3,
+        "every partition has offsets before the query started: {plan}"
+    );
+
+    // The backfill runs while the stream goes on.
+    let (bg_env, bg_file) = (env.clone(), file.clone());
+    let backfill = std::thread::spawn(move || carflow_json(&bg_env, &["backfill", &bg_file], 0));
+    feed.send(20_000).await;
+    let report = backfill.join().unwrap();
+    s.wait_done(&mut [&mut e], Duration::from_secs(900)).await;
+    assert_eq!(report["record"], 1, "{report}");
+    assert_eq!(report["refused"], 0, "{report}");
+    assert!(report["rows_in"].as_u64().unwrap() >= 100_000, "{report}");
+
+    let again = carflow_json(&env, &["backfill", &file], 0);
+    assert_eq!(again["rows_in"], 0, "{again}");
+    assert!(
+        again["record"].is_null(),
+        "a second backfill commits nothing: {again}"
+    );
+    assert!(again["offsets"].as_object().unwrap().is_empty(), "{again}");
+    assert!(
+        s.lake
+            .children("_carflow/backfill-staging")
+            .await
+            .is_empty(),
+        "nothing left staged"
+    );
+    assert!(e.stop(), "{}", e.log_tail());
+
+    let lake = lake_context(&s.lake.url).await;
+    let total = 123_000;
+    assert_eq!(scalar(&lake, "SELECT count(*) FROM cars").await, total);
+    let expected = scalar(&lake, "SELECT count(*) FROM cars WHERE price > 40000").await;
+    assert!(expected > 10_000, "{expected} expensive cars");
+    assert_eq!(
+        scalar(&lake, "SELECT count(*) FROM expensive").await,
+        expected,
+        "every expensive car once"
+    );
+    assert_eq!(
+        scalar(
+            &lake,
+            "SELECT count(*) FROM (SELECT DISTINCT _partition, _offset FROM expensive)"
+        )
+        .await,
+        expected,
+        "no (partition, offset) twice"
+    );
+    assert_eq!(
+        scalar(
+            &lake,
+            "SELECT count(*) FROM (SELECT _partition, _offset, transaction_id, price, dt FROM cars \
+             WHERE price > 40000 EXCEPT SELECT _partition, _offset, transaction_id, price, dt FROM expensive)"
+        )
+        .await,
+        0,
+        "the same rows, values and days as the raw dataset"
+    );
+    let backfilled = report["rows_out"].as_i64().unwrap();
+    assert!(
+        backfilled > 0 && backfilled < expected,
+        "the backfill wrote the rows before the engine started the query, the engine the rest: \
+         {backfilled} of {expected}"
+    );
 }
 
 /// Reconcile finds a point deleted from InfluxDB, a point with a wrong value and a point that

@@ -24,7 +24,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::register_lake;
-use crate::schema::{COL_OFFSET, COL_PARTITION, DEAD_LETTERS, source_schema};
+use crate::schema::{COL_OFFSET, COL_PARTITION, COL_TOPIC, DEAD_LETTERS, source_schema};
 use crate::storage::Location;
 use crate::transform::{Planner, Transform};
 use crate::windows::WindowSpec;
@@ -49,6 +49,7 @@ impl Range {
 /// The lake, opened for reading its history.
 pub struct History {
     ctx: SessionContext,
+    location: Location,
     raw: String,
     has_dt: bool,
 }
@@ -97,6 +98,7 @@ impl History {
             )));
         };
         Ok(Self {
+            location: location.clone(),
             has_dt: d.partition_cols.iter().any(|c| c == "dt"),
             raw: raw.to_string(),
             ctx,
@@ -116,12 +118,6 @@ impl History {
         range: Range,
         partition: Option<i32>,
     ) -> Result<RecordBatch> {
-        let schema = source_schema();
-        let cols: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| format!("\"{}\"", f.name()))
-            .collect();
         let mut filters = range_filters(column, range);
         if let Some(f) = range.from
             && self.has_dt
@@ -134,11 +130,39 @@ impl History {
         if let Some(p) = partition {
             filters.push(format!("\"{COL_PARTITION}\" = {p}"));
         }
+        self.rows_where(&filters).await
+    }
+
+    /// The raw rows of one Kafka partition with offsets in `[from, to)`, in the `transactions`
+    /// schema, ordered by offset.
+    pub async fn rows_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        (from, to): (i64, i64),
+    ) -> Result<RecordBatch> {
+        self.rows_where(&[
+            format!("\"{COL_TOPIC}\" = '{}'", topic.replace('\'', "''")),
+            format!("\"{COL_PARTITION}\" = {partition}"),
+            format!("\"{COL_OFFSET}\" >= {from}"),
+            format!("\"{COL_OFFSET}\" < {to}"),
+        ])
+        .await
+    }
+
+    /// The raw rows matching every SQL condition of `filters`, ordered by partition and offset.
+    async fn rows_where(&self, filters: &[String]) -> Result<RecordBatch> {
+        let schema = source_schema();
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("\"{}\"", f.name()))
+            .collect();
         let sql = format!(
             "SELECT {} FROM \"{}\" {} ORDER BY \"{COL_PARTITION}\", \"{COL_OFFSET}\"",
             cols.join(", "),
             self.raw,
-            where_of(&filters)
+            where_of(filters)
         );
         let batches = self.ctx.sql(&sql).await?.collect().await?;
         // Cast to the declared schema (the lake stores every column as nullable).
@@ -147,6 +171,33 @@ impl History {
             .map(|b| crate::schema::cast_to(b, &schema))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(concat_batches(&schema, &batches)?)
+    }
+
+    /// The topics the raw dataset holds rows of.
+    pub async fn topics(&self) -> Result<Vec<String>> {
+        let sql = format!("SELECT DISTINCT \"{COL_TOPIC}\" FROM \"{}\"", self.raw);
+        let mut out = Vec::new();
+        for b in self.ctx.sql(&sql).await?.collect().await? {
+            let c = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+            let c = c.as_string::<i32>();
+            out.extend(
+                (0..c.len())
+                    .filter(|&i| !c.is_null(i))
+                    .map(|i| c.value(i).to_string()),
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Where the lake lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The raw dataset's name.
+    pub fn raw(&self) -> &str {
+        &self.raw
     }
 
     /// The oldest and newest `column` (ms) and the number of raw rows with `column` in `range`.

@@ -15,6 +15,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod backfill;
 pub mod batcher;
 pub mod catalog;
 pub mod config;

@@ -36,6 +36,11 @@ use serde::{Deserialize, Serialize};
 use crate::source::TopicPartition;
 use crate::storage::Location;
 
+pub mod backfill;
+pub mod coverage;
+
+pub use coverage::Coverage;
+
 /// Name of a staged ledger entry inside its commit's staging directory.
 const STAGED_ENTRY: &str = "_entry.json";
 
@@ -57,6 +62,16 @@ pub enum LedgerError {
         /// Partition.
         partition: i32,
         /// The entry both tried to write.
+        seq: u64,
+    },
+    /// Another backfill of the dataset committed this step first.
+    #[error(
+        "backfill of lake.{dataset}: step {seq} was committed by another backfill running at the same time; nothing of this one was published: run it again to fill what is left"
+    )]
+    BackfillRace {
+        /// Dataset.
+        dataset: String,
+        /// The record both tried to write.
         seq: u64,
     },
     /// Storage failed; the caller retries.
@@ -128,6 +143,9 @@ pub struct LedgerEntry {
     /// Open windows' partial aggregates, per windowed query (`influx.<measurement>`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub windows: BTreeMap<String, WindowBlob>,
+    /// Which offsets each lake dataset holds (absent in entries of an older carflow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
 }
 
 /// The ledger state of one partition, as its owner sees it.
@@ -144,6 +162,8 @@ pub struct PartitionLedger {
     /// Set by a load: after this owner's first commit, staged files of that step left by a
     /// writer that died while staging it are swept (the load sweeps only up to the loaded step).
     pub sweep_after_commit: bool,
+    /// Which offsets each lake dataset holds, as of the latest entry.
+    pub coverage: Option<Coverage>,
 }
 
 /// What the next commit of a partition records besides its files.
@@ -155,6 +175,8 @@ pub struct CommitState {
     pub progress: Progress,
     /// Open windows after the commit.
     pub windows: BTreeMap<String, WindowBlob>,
+    /// The lake datasets the running queries write (their coverage runs on from this commit).
+    pub datasets: Vec<String>,
 }
 
 /// Reads and writes ledger entries under a lake root.
@@ -323,6 +345,7 @@ impl OffsetLedger {
             next_offset: latest.as_ref().map_or(0, |e| e.next_offset),
             topic_id: latest.as_ref().and_then(|e| e.topic_id.clone()),
             sweep_after_commit: true,
+            coverage: latest.as_ref().and_then(|e| e.coverage.clone()),
         };
         Ok((ledger, latest))
     }
@@ -360,6 +383,12 @@ impl OffsetLedger {
             topic_id: state.topic_id,
             progress: state.progress,
             windows: state.windows,
+            coverage: Some(Coverage::advance(
+                ledger.coverage.as_ref(),
+                ledger.seq > 0,
+                ledger.next_offset,
+                &state.datasets,
+            )),
         };
         let path = self.entry_path(&ledger.tp, seq);
         let body = serde_json::to_vec(&entry).map_err(|source| LedgerError::Corrupt {
@@ -431,6 +460,7 @@ impl OffsetLedger {
         ledger.seq = seq;
         ledger.next_offset = e.entry.next_offset;
         ledger.topic_id = e.entry.topic_id.clone();
+        ledger.coverage = e.entry.coverage.clone();
         self.finish_moves(&e.entry.files).await?;
         self.remove_dir_chain(&e.dir, &ledger.tp).await;
         if ledger.sweep_after_commit {
@@ -515,7 +545,7 @@ impl OffsetLedger {
     }
 
     /// Rename staged files to their visible names; a move already done is skipped.
-    async fn finish_moves(&self, files: &[FileMove]) -> Result<(), LedgerError> {
+    pub(crate) async fn finish_moves(&self, files: &[FileMove]) -> Result<(), LedgerError> {
         let moves = files.iter().map(|f| async move {
             let (from, to) = (
                 Path::from(f.staged.as_str()),
@@ -571,6 +601,11 @@ impl OffsetLedger {
     /// Returns how many files were moved into place.
     pub async fn roll_forward_all(&self) -> Result<usize, LedgerError> {
         let mut moved = 0;
+        for dataset in backfill::Backfills::datasets(self).await? {
+            moved += backfill::Backfills::new(self.clone(), &dataset)
+                .roll_forward()
+                .await?;
+        }
         for tp in self.partitions().await? {
             if let Some(entry) = self.latest(&tp).await? {
                 let pending = futures::future::join_all(entry.files.iter().map(|f| async {

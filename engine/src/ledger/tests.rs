@@ -215,3 +215,111 @@ async fn a_dead_writers_staging_for_the_next_step_is_swept_after_the_new_owner_t
         .unwrap();
     assert!(staging_is_empty(tmp.path()));
 }
+
+fn record(l: &OffsetLedger, run: &str, staged: String) -> backfill::BackfillRecord {
+    backfill::BackfillRecord {
+        seq: 1,
+        dataset: "x".into(),
+        query: "queries/x.sql".into(),
+        fingerprint: "f".into(),
+        offsets: [("t/0".to_string(), vec![(0, 10)])].into_iter().collect(),
+        rows: 10,
+        files: vec![FileMove {
+            staged,
+            visible: l
+                .location
+                .path(&["x", &format!("backfill-{run}.parquet")])
+                .to_string(),
+        }],
+        writer: run.into(),
+        committed_at_ms: 0,
+    }
+}
+
+/// Two backfills of one dataset racing for the same step: one commits, the other publishes
+/// nothing and leaves no staged file; coverage of every entry is carried forward.
+#[tokio::test]
+async fn two_backfills_of_a_dataset_cannot_both_commit_a_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = ledger(tmp.path(), "a");
+    let b = backfill::Backfills::new(l.clone(), "x");
+    let s1 = b
+        .stage_file("run1", 0, bytes::Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    let s2 = b
+        .stage_file("run2", 0, bytes::Bytes::from_static(b"2"))
+        .await
+        .unwrap();
+    let (r1, r2) = (record(&l, "run1", s1), record(&l, "run2", s2));
+    b.publish("run1", &r1).await.unwrap();
+    let err = b.publish("run2", &r2).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::BackfillRace { seq: 1, .. }),
+        "{err}"
+    );
+    assert!(exists(&l, &r1.files[0].visible).await);
+    assert!(
+        !exists(&l, &r2.files[0].visible).await,
+        "the loser publishes nothing"
+    );
+    assert!(
+        !exists(&l, &r2.files[0].staged).await,
+        "and leaves nothing staged"
+    );
+    assert_eq!(b.records().await.unwrap(), vec![r1]);
+}
+
+/// A backfill that died between its commit point and its renames is finished by readers.
+#[tokio::test]
+async fn readers_finish_a_backfill_whose_writer_died_before_its_renames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = ledger(tmp.path(), "a");
+    let b = backfill::Backfills::new(l.clone(), "x");
+    let staged = b
+        .stage_file("run1", 0, bytes::Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    let r = record(&l, "run1", staged);
+    // The commit point without the renames: the record in place, its file still staged.
+    let path = l
+        .location
+        .path(&["_carflow/backfill/x", &format!("{:020}.json", 1)]);
+    l.store()
+        .put(&path, PutPayload::from(serde_json::to_vec(&r).unwrap()))
+        .await
+        .unwrap();
+    assert!(!exists(&l, &r.files[0].visible).await);
+    assert_eq!(l.roll_forward_all().await.unwrap(), 1);
+    assert!(exists(&l, &r.files[0].visible).await);
+    assert_eq!(l.roll_forward_all().await.unwrap(), 0);
+}
+
+/// Each commit carries the datasets' runs of offsets forward, so pruning loses none.
+#[tokio::test]
+async fn coverage_is_carried_by_every_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = ledger(tmp.path(), "a");
+    let (mut p, _) = l.load(&tp()).await.unwrap();
+    let with = |d: &[&str]| CommitState {
+        datasets: d.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    l.commit(&mut p, 10, vec![], with(&["cars"])).await.unwrap();
+    l.commit(&mut p, 20, vec![], with(&["cars", "x"]))
+        .await
+        .unwrap();
+    for i in 3..=10 {
+        l.commit(&mut p, i * 10, vec![], with(&["cars", "x"]))
+            .await
+            .unwrap();
+    }
+    l.commit(&mut p, 110, vec![], with(&["cars"]))
+        .await
+        .unwrap();
+    let (p, latest) = l.load(&tp()).await.unwrap();
+    let c = latest.unwrap().coverage.unwrap();
+    assert_eq!(p.coverage.as_ref(), Some(&c));
+    assert_eq!(c.runs("cars", 110), vec![(0, 110)]);
+    assert_eq!(c.runs("x", 110), vec![(10, 100)]);
+}

@@ -225,6 +225,15 @@ impl<S: Source> Pipeline<S> {
                 topic_id: owned.ledger.topic_id.clone(),
                 progress,
                 windows: blobs,
+                datasets: self
+                    .queries
+                    .transforms
+                    .iter()
+                    .filter_map(|t| match &t.target {
+                        Target::Lake { dataset, .. } => Some(dataset.clone()),
+                        _ => None,
+                    })
+                    .collect(),
             },
             written,
         }))
