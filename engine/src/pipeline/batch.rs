@@ -155,13 +155,9 @@ impl<S: Source> Pipeline<S> {
     /// up)?
     fn any_at_view_end(&self) -> bool {
         self.book.view.ends.iter().any(|(tp, end)| {
-            let processed = self
-                .book
-                .owned
-                .get(tp)
-                .map(|o| o.ledger.next_offset)
-                .or_else(|| self.book.observed.get(tp).map(|o| o.progress.next_offset))
-                .unwrap_or(0);
+            let processed =
+                super::partitions::progress_of(&self.book.owned, &self.book.observed, tp)
+                    .map_or(0, |p| p.next_offset);
             processed >= *end
         })
     }

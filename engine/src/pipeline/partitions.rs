@@ -40,6 +40,19 @@ impl Owned {
     }
 }
 
+/// A partition's progress in the watermark's terms: as this process holds it when owned, else as
+/// its owner last committed it.
+pub fn progress_of(
+    owned: &HashMap<TopicPartition, Owned>,
+    observed: &HashMap<TopicPartition, Observed>,
+    tp: &TopicPartition,
+) -> Option<PartitionProgress> {
+    owned
+        .get(tp)
+        .map(|o| o.progress_view())
+        .or_else(|| observed.get(tp).map(|o| o.progress.clone()))
+}
+
 /// A partition of the topic owned by another process (or by nobody right now), as its latest
 /// ledger entry shows it.
 #[derive(Debug, Clone, Default)]

@@ -428,10 +428,7 @@ impl<S: Source> Pipeline<S> {
         let owned = &self.book.owned;
         let observed = &self.book.observed;
         let progress = |tp: &TopicPartition| -> Option<PartitionProgress> {
-            owned
-                .get(tp)
-                .map(|o| o.progress_view())
-                .or_else(|| observed.get(tp).map(|o| o.progress.clone()))
+            super::partitions::progress_of(owned, observed, tp)
         };
         self.book.clock.observe(&ends, &progress, now);
         let mut marks: BTreeMap<String, i64> = BTreeMap::new();
