@@ -33,6 +33,14 @@ pub struct SinkKind {
     pub sink: String,
 }
 
+/// Labels of the per-step time counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    /// `collect`, `decode`, `prepare`, `lake_transform`, `points`, `windows`, `influx_write`,
+    /// `lake_encode`, `lake_commit`, `window_points`, `offsets`, `close`.
+    pub step: &'static str,
+}
+
 /// Every metric the engine keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -75,6 +83,8 @@ pub struct Metrics {
     pub query_errors: Counter,
     /// Transforms running.
     pub transforms: Gauge,
+    /// Seconds spent in each step of the batch loop (where the time goes).
+    pub step_seconds: Family<StepLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -107,6 +117,7 @@ impl Metrics {
             rows_after_close: Counter::default(),
             query_errors: Counter::default(),
             transforms: Gauge::default(),
+            step_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -196,6 +207,11 @@ impl Metrics {
             m.query_errors.clone(),
         );
         registry.register("transforms", "Transforms running", m.transforms.clone());
+        registry.register(
+            "batch_step_seconds",
+            "Seconds spent in each step of the batch loop: collect (waiting for messages), decode, prepare (ledgers, split), lake_transform, points (per-row influx), windows (fold), influx_write, lake_encode (Parquet), lake_commit (storage I/O), window_points, offsets, close",
+            m.step_seconds.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -204,6 +220,15 @@ impl Metrics {
         self.errors
             .get_or_create(&SinkKind { sink: sink.into() })
             .clone()
+    }
+
+    /// Add the time since `*since` to `step` and move `*since` to now.
+    pub fn step(&self, step: &'static str, since: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.step_seconds
+            .get_or_create(&StepLabel { step })
+            .inc_by((now - *since).as_secs_f64());
+        *since = now;
     }
 
     /// Count a failed attempt of `sink`.

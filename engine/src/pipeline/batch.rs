@@ -44,6 +44,7 @@ impl<S: Source> Pipeline<S> {
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let started = Instant::now();
+        let mut at = std::time::Instant::now();
         loop {
             let revoked_now = self.apply_events(shutdown).await?;
             let kept = self.owned_in_order(messages, &revoked_now);
@@ -57,6 +58,7 @@ impl<S: Source> Pipeline<S> {
                 tracing::warn!(count = decoded.dead_letters.len(), partition = first.partition,
                     offset = first.offset, reason = %first.reason, "dead letters in batch (first shown)");
             }
+            self.metrics.step("decode", &mut at);
             let ranges = offset_ranges(&kept);
             for tp in ranges.keys() {
                 self.ensure_loaded(tp, shutdown).await?;
@@ -67,14 +69,17 @@ impl<S: Source> Pipeline<S> {
             }
             let mut parts = self.part_batches(&ranges, &decoded.rows, decoded.dead_letters)?;
             let mut index = MessageIndex::new(&kept);
-            let decoded_at = Instant::now();
+            self.metrics.step("prepare", &mut at);
             self.lake_transforms(&mut parts, &mut index).await?;
+            self.metrics.step("lake_transform", &mut at);
             let mut body = String::new();
             let row_points = self.row_points(&mut parts, &mut index, &mut body).await?;
+            self.metrics.step("points", &mut at);
             let touched = self.fold_windows(&mut parts, &mut index).await?;
-            let transformed_at = Instant::now();
+            self.metrics.step("windows", &mut at);
             self.write_influx(&body, shutdown).await?;
-            let fenced = self.commit_parts(&mut parts, shutdown).await?;
+            self.metrics.step("influx_write", &mut at);
+            let fenced = self.commit_parts(&mut parts, shutdown, &mut at).await?;
             if !fenced.is_empty() {
                 for tp in fenced {
                     tracing::warn!(partition = %tp, "the partition's ledger moved on under this engine (another writer); reloading it and processing the batch again");
@@ -84,19 +89,17 @@ impl<S: Source> Pipeline<S> {
                 }
                 continue;
             }
-            let committed_at = Instant::now();
             let window_points = self.write_windows(touched, shutdown).await?;
+            self.metrics.step("window_points", &mut at);
             self.finish_batch(&parts, bytes, row_points + window_points, started)
                 .await;
+            self.metrics.step("offsets", &mut at);
             self.close_windows_now().await;
+            self.metrics.step("close", &mut at);
             tracing::debug!(
                 records = kept.len(),
                 rows = decoded.rows.num_rows(),
                 ms = started.elapsed().as_millis() as u64,
-                decode_ms = (decoded_at - started).as_millis() as u64,
-                transform_ms = (transformed_at - decoded_at).as_millis() as u64,
-                commit_ms = (committed_at - transformed_at).as_millis() as u64,
-                windows_ms = committed_at.elapsed().as_millis() as u64,
                 "batch committed"
             );
             return Ok(());

@@ -88,6 +88,7 @@ impl<S: Source> Pipeline<S> {
         &mut self,
         parts: &mut [PartBatch],
         shutdown: &CancellationToken,
+        at: &mut std::time::Instant,
     ) -> Result<Vec<TopicPartition>, Stop> {
         let mut prepared = Vec::new();
         for part in parts.iter_mut() {
@@ -95,6 +96,7 @@ impl<S: Source> Pipeline<S> {
                 prepared.push(p);
             }
         }
+        self.metrics.step("lake_encode", at);
         let results = {
             let (lake, backoff, metrics, health) = (
                 &self.sinks.lake,
@@ -147,6 +149,7 @@ impl<S: Source> Pipeline<S> {
             }))
             .await
         };
+        self.metrics.step("lake_commit", at);
         let mut fenced = Vec::new();
         let mut failed = None;
         for (p, result) in results {

@@ -374,6 +374,7 @@ impl<S: Source> Pipeline<S> {
                 Err(Stop::Failed(e)) => return Err(e),
                 Err(Stop::Stalled(_)) => {}
             }
+            let mut at = std::time::Instant::now();
             let (messages, end) = collect_batch(
                 &mut self.source,
                 &self.options.limits,
@@ -381,6 +382,7 @@ impl<S: Source> Pipeline<S> {
                 &mut self.carry,
             )
             .await?;
+            self.metrics.step("collect", &mut at);
             if end == BatchEnd::Idle {
                 // A quiet topic: windows every partition has passed still close.
                 self.close_windows_now().await;
