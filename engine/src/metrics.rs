@@ -37,7 +37,7 @@ pub struct SinkKind {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabel {
     /// `collect`, `decode`, `prepare`, `lake_transform`, `points`, `windows`, `influx_write`,
-    /// `lake_encode`, `lake_commit`, `window_points`, `offsets`, `close`.
+    /// `lake_encode`, `lake_commit`, `window_merge`, `window_write`, `offsets`, `close`.
     pub step: &'static str,
 }
 
@@ -209,7 +209,7 @@ impl Metrics {
         registry.register("transforms", "Transforms running", m.transforms.clone());
         registry.register(
             "batch_step_seconds",
-            "Seconds spent in each step of the batch loop: collect (waiting for messages), decode, prepare (ledgers, split), lake_transform, points (per-row influx), windows (fold), influx_write, lake_encode (Parquet), lake_commit (storage I/O), window_points, offsets, close",
+            "Seconds spent in each step of the batch loop: collect (waiting for messages), decode, prepare (ledgers, split), lake_transform, points (per-row influx), windows (fold), influx_write, lake_encode (Parquet), lake_commit (storage I/O), window_merge (final aggregates and line protocol of the touched windows), window_write (their InfluxDB write), offsets, close",
             m.step_seconds.clone(),
         );
         Self { registry, ..m }

@@ -11,6 +11,7 @@
 //! points of the windows the batch touched; record the source positions; close windows every
 //! partition has passed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::RecordBatch;
@@ -89,8 +90,9 @@ impl<S: Source> Pipeline<S> {
                 }
                 continue;
             }
+            // Counted by write_windows itself (window_merge, window_write).
             let window_points = self.write_windows(touched, shutdown).await?;
-            self.metrics.step("window_points", &mut at);
+            at = std::time::Instant::now();
             self.finish_batch(&parts, bytes, row_points + window_points, started)
                 .await;
             self.metrics.step("offsets", &mut at);
@@ -107,27 +109,28 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// Messages of partitions this process still owns, in offset order, each offset once, and
-    /// none this ownership already processed (a re-delivery after a rebalance).
-    fn owned_in_order(
+    /// none this ownership already processed (a re-delivery after a rebalance). The batch itself
+    /// when it is all of that already (the usual case: no copy of the payloads).
+    fn owned_in_order<'m>(
         &self,
-        messages: &[Message],
+        messages: &'m [Message],
         revoked_now: &HashSet<TopicPartition>,
-    ) -> Vec<Message> {
-        let mut kept: Vec<Message> = messages
-            .iter()
-            .filter(|m| {
-                let tp = m.topic_partition();
-                let done = self.book.owned.get(&tp).and_then(|p| p.next_processed);
-                !self.book.revoked.contains(&tp)
-                    && !revoked_now.contains(&tp)
-                    && done.is_none_or(|n| m.offset >= n)
-            })
-            .cloned()
-            .collect();
-        let sorted = kept.windows(2).all(|w| {
+    ) -> Cow<'m, [Message]> {
+        let keep = |m: &Message| {
+            let tp = m.topic_partition();
+            let done = self.book.owned.get(&tp).and_then(|p| p.next_processed);
+            !self.book.revoked.contains(&tp)
+                && !revoked_now.contains(&tp)
+                && done.is_none_or(|n| m.offset >= n)
+        };
+        let in_order = |w: &[Message]| {
             (&w[0].topic, w[0].partition, w[0].offset) < (&w[1].topic, w[1].partition, w[1].offset)
-        });
-        if !sorted {
+        };
+        if messages.windows(2).all(in_order) && messages.iter().all(keep) {
+            return Cow::Borrowed(messages);
+        }
+        let mut kept: Vec<Message> = messages.iter().filter(|m| keep(m)).cloned().collect();
+        if !kept.windows(2).all(in_order) {
             kept.sort_by(|a, b| {
                 (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset))
             });
@@ -135,7 +138,7 @@ impl<S: Source> Pipeline<S> {
                 a.topic == b.topic && a.partition == b.partition && a.offset == b.offset
             });
         }
-        kept
+        Cow::Owned(kept)
     }
 
     /// Refresh the topic view (every partition's end, the topic's id), at most once a second.

@@ -303,8 +303,11 @@ impl<S: Source> Pipeline<S> {
                 self.refresh_observed().await;
             }
             let mut body = String::new();
+            let mut at = std::time::Instant::now();
             points += self.merged_points(&windows, &mut body).await?;
+            self.metrics.step("window_merge", &mut at);
             self.write_influx(&body, shutdown).await?;
+            self.metrics.step("window_write", &mut at);
             if !others {
                 break;
             }
