@@ -17,7 +17,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{FileMove, LedgerError, OffsetLedger};
+use super::{FileMove, LedgerError, OffsetLedger, store_err};
 use crate::storage::Location;
 
 /// Staged files of a backfill that never committed are removed by a later backfill once nothing
@@ -52,13 +52,6 @@ pub struct BackfillRecord {
 pub struct Backfills {
     ledger: OffsetLedger,
     dataset: String,
-}
-
-fn store_err(path: &Path) -> impl FnOnce(object_store::Error) -> LedgerError + '_ {
-    move |source| LedgerError::Store {
-        path: path.to_string(),
-        source,
-    }
 }
 
 impl Backfills {
