@@ -184,7 +184,8 @@ pub struct LakeOutcome {
 }
 
 /// Run `plan`: read the gaps' raw rows from `history`, run `t` over them and commit the output
-/// as one backfill record written by `writer`. `progress` gets the raw rows of each step.
+/// as one backfill record written by `writer`. `progress` gets the offsets of each step (the
+/// plan's [`LakePlan::offsets`] in all).
 pub async fn run(
     history: &History,
     planner: &Planner,
@@ -230,7 +231,7 @@ pub async fn run(
                 let end = at.saturating_add(STEP_OFFSETS).min(to);
                 let rows = history.rows_at(topic, part.tp.partition, (at, end)).await?;
                 check_unique_offsets(&rows, &part.tp)?;
-                progress(rows.num_rows() as u64);
+                progress((end - at) as u64);
                 out.rows_in += rows.num_rows() as u64;
                 if rows.num_rows() > 0 {
                     let iso = run_isolating(&rows, |r| history.run(planner, t, r)).await;

@@ -249,16 +249,7 @@ impl Backfills {
     }
 
     async fn discard(&self, dir: &Path) {
-        let files: Vec<_> = self
-            .store()
-            .list(Some(dir))
-            .try_collect()
-            .await
-            .unwrap_or_default();
-        for f in files {
-            let _ = self.store().delete(&f.location).await;
-        }
-        let _ = self.location().delete_dir(dir).await;
+        self.ledger.discard_staging(dir).await;
     }
 
     /// Every dataset that has backfill records.

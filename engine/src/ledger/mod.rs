@@ -477,7 +477,7 @@ impl OffsetLedger {
     }
 
     /// Delete a commit's staging directory and whatever it holds (a commit that lost).
-    async fn discard_staging(&self, dir: &Path) {
+    pub(crate) async fn discard_staging(&self, dir: &Path) {
         let files: Vec<_> = self
             .store()
             .list(Some(dir))
