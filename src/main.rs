@@ -8,6 +8,7 @@ mod dead_letters;
 mod demo;
 mod generate;
 mod history;
+mod memory;
 mod reconcile;
 mod run;
 mod sql;
@@ -18,6 +19,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    memory::tune();
     let cli = Cli::parse();
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

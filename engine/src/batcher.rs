@@ -98,21 +98,38 @@ pub const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// Gather the next micro-batch of raw messages from `source`.
 ///
 /// Waits up to [`IDLE_WAKE`] for the first message (then returns an empty batch: a quiet topic
-/// is not an error), then at most `limits.linger` for the rest. A batch never spans a change of partition ownership: when the
-/// source reports one, the message that arrived after it is kept in `carry` for the next batch
-/// and this batch ends ([`BatchEnd::Rebalance`]), so every message of a batch predates the
-/// change and the pipeline can drop those of revoked partitions.
+/// is not an error), then at most `limits.linger` for the rest. A batch never spans a change of
+/// partition ownership: when the source reports one, the message that arrived after it is kept
+/// for the next batch and this batch ends ([`BatchEnd::Rebalance`]), so every message of a batch
+/// predates the change and the pipeline can drop those of revoked partitions.
+///
+/// It starts from what was read ahead while the previous batch committed
+/// ([`read_ahead_while`]): a batch closed there is handed out at once, with its decoding; an
+/// open one is completed here, its linger counted from its first message.
 pub async fn collect_batch<S: Source>(
     source: &mut S,
     limits: &BatchLimits,
     shutdown: &CancellationToken,
-    carry: &mut Option<Message>,
-) -> Result<(Vec<Message>, BatchEnd), SourceError> {
-    let mut messages = Vec::new();
-    let mut bytes = 0usize;
-    let mut deadline: Option<Instant> = None;
+    ahead: &mut ReadAhead,
+) -> Result<Collected, SourceError> {
+    if let Some(ready) = ahead.ready.take() {
+        return Ok(ready);
+    }
+    if let Some(e) = ahead.failed.take() {
+        return Err(e);
+    }
+    let mut messages = std::mem::take(&mut ahead.messages);
+    let mut bytes = std::mem::take(&mut ahead.bytes);
+    let mut deadline: Option<Instant> = ahead.since.take().map(|s| s + limits.linger);
     let idle = Instant::now() + IDLE_WAKE;
-    let mut next_carried = carry.take();
+    let mut next_carried = ahead.carry.take();
+    let done = |messages: Vec<Message>, end: BatchEnd| {
+        Ok(Collected {
+            messages: Arc::new(messages),
+            end,
+            decoded: None,
+        })
+    };
     loop {
         let message = match next_carried.take() {
             Some(m) => m,
@@ -120,17 +137,17 @@ pub async fn collect_batch<S: Source>(
                 let wake = deadline.unwrap_or(idle);
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => return Ok((messages, BatchEnd::Shutdown)),
+                    _ = shutdown.cancelled() => return done(messages, BatchEnd::Shutdown),
                     _ = tokio::time::sleep_until(wake) => {
                         let end = if deadline.is_some() { BatchEnd::Linger } else { BatchEnd::Idle };
-                        return Ok((messages, end));
+                        return done(messages, end);
                     }
                     next = source.next_message() => match next? {
-                        None => return Ok((messages, BatchEnd::SourceExhausted)),
+                        None => return done(messages, BatchEnd::SourceExhausted),
                         Some(message) => {
                             if source.has_events() {
-                                *carry = Some(message);
-                                return Ok((messages, BatchEnd::Rebalance));
+                                ahead.carry = Some(message);
+                                return done(messages, BatchEnd::Rebalance);
                             }
                             message
                         }
@@ -144,7 +161,7 @@ pub async fn collect_batch<S: Source>(
         bytes += message.size();
         messages.push(message);
         if messages.len() >= limits.max_rows || bytes >= limits.max_bytes {
-            return Ok((messages, BatchEnd::Full));
+            return done(messages, BatchEnd::Full);
         }
     }
 }
@@ -524,5 +541,8 @@ fn assemble(
     RecordBatch::try_new(source_schema(), columns)
 }
 
+mod ahead;
 #[cfg(test)]
 mod tests;
+
+pub use ahead::{Collected, Decoding, ReadAhead, read_ahead_while};

@@ -235,3 +235,163 @@ fn objects_with_bad_commas_are_malformed_json() {
         );
     }
 }
+
+fn limits(max_rows: usize) -> BatchLimits {
+    BatchLimits {
+        max_rows,
+        max_bytes: 1 << 30,
+        linger: Duration::from_secs(1),
+        max_message_bytes: 1 << 20,
+    }
+}
+
+fn offsets_of(c: &Collected) -> Vec<i64> {
+    c.messages.iter().map(|m| m.offset).collect()
+}
+
+/// What is read ahead while a batch commits makes the next batch, decoded as the batcher would,
+/// and nothing is read twice or skipped: every message once, in order, in batches of the limit.
+#[tokio::test(start_paused = true)]
+async fn reading_ahead_hands_out_every_message_once_in_order_with_its_decoding() {
+    use crate::source::memory::MemorySource;
+    let all: Vec<Message> = (0..25).map(good).collect();
+    let mut source = MemorySource::new(all.clone());
+    let (limits, rules) = (limits(10), DecodeRules::with_max_message_bytes(1 << 20));
+    let shutdown = CancellationToken::new();
+    let mut ahead = ReadAhead::default();
+    let mut seen = Vec::new();
+    loop {
+        let batch = collect_batch(&mut source, &limits, &shutdown, &mut ahead)
+            .await
+            .unwrap();
+        assert!(batch.messages.len() <= 10, "a batch keeps the row limit");
+        if let Some(d) = batch.decoded {
+            assert!(
+                batch
+                    .messages
+                    .windows(2)
+                    .all(|w| (w[0].partition, w[0].offset) < (w[1].partition, w[1].offset)),
+                "a batch read ahead is in processing order, so its decoding is used"
+            );
+            let d = d.await.unwrap().unwrap();
+            let direct = decode_batch_with(&batch.messages, &rules).unwrap();
+            assert_eq!(
+                d.rows, direct.rows,
+                "the decoding read ahead is the batch's own"
+            );
+        }
+        seen.extend(offsets_of(&Collected {
+            messages: batch.messages.clone(),
+            end: batch.end,
+            decoded: None,
+        }));
+        if batch.end == BatchEnd::SourceExhausted {
+            break;
+        }
+        // The batch "commits" for 5 s; the next one is read meanwhile (one batch at most).
+        read_ahead_while(
+            &mut source,
+            &limits,
+            &rules,
+            &mut ahead,
+            tokio::time::sleep(Duration::from_secs(5)),
+        )
+        .await;
+        assert!(ahead.held() <= 10, "at most one batch is read ahead");
+    }
+    seen.sort();
+    let want: Vec<i64> = all.iter().map(|m| m.offset).collect();
+    assert_eq!(seen, want, "every message once");
+}
+
+/// A commit shorter than the linger leaves an open batch: the next collect completes it, its
+/// linger counted from its first message (not from the collect), so it closes on time.
+#[tokio::test(start_paused = true)]
+async fn a_batch_begun_ahead_is_completed_by_the_next_collect_within_its_linger() {
+    use crate::source::memory::MemorySource;
+    struct Trickle {
+        inner: MemorySource,
+        every: Duration,
+    }
+    impl Source for Trickle {
+        async fn next_message(&mut self) -> Result<Option<Message>, SourceError> {
+            tokio::time::sleep(self.every).await;
+            self.inner.next_message().await
+        }
+        async fn commit(
+            &mut self,
+            c: &[crate::source::PartitionCommit],
+        ) -> Result<(), SourceError> {
+            self.inner.commit(c).await
+        }
+        async fn topic_view(
+            &mut self,
+            max_age: Duration,
+        ) -> Result<crate::source::TopicView, SourceError> {
+            self.inner.topic_view(max_age).await
+        }
+    }
+    let mut source = Trickle {
+        inner: MemorySource::new((0..100).map(good).collect()),
+        every: Duration::from_millis(100),
+    };
+    let (limits, rules) = (limits(1000), DecodeRules::with_max_message_bytes(1 << 20));
+    let shutdown = CancellationToken::new();
+    let mut ahead = ReadAhead::default();
+    read_ahead_while(
+        &mut source,
+        &limits,
+        &rules,
+        &mut ahead,
+        tokio::time::sleep(Duration::from_millis(350)),
+    )
+    .await;
+    assert_eq!(ahead.held(), 3, "three messages arrived during the commit");
+    let started = Instant::now();
+    let batch = collect_batch(&mut source, &limits, &shutdown, &mut ahead)
+        .await
+        .unwrap();
+    assert_eq!(batch.end, BatchEnd::Linger);
+    assert!(
+        batch.decoded.is_none(),
+        "an open batch is decoded by the pipeline"
+    );
+    // First message at 100 ms, linger 1 s: the batch closes at 1.1 s, 750 ms after the collect.
+    assert_eq!(started.elapsed(), Duration::from_millis(750));
+    assert_eq!(offsets_of(&batch), (0..10).collect::<Vec<i64>>());
+}
+
+/// An ownership change seen while reading ahead closes the batch read so far; the message that
+/// came after it starts the batch after that one.
+#[tokio::test(start_paused = true)]
+async fn an_ownership_change_while_reading_ahead_closes_the_batch_before_it() {
+    use crate::source::memory::MemorySource;
+    let all: Vec<Message> = (0..30).map(good).collect();
+    let mut source = MemorySource::new(all).with_rebalances(vec![4]);
+    let _ = source.take_events();
+    let (limits, rules) = (limits(10), DecodeRules::with_max_message_bytes(1 << 20));
+    let shutdown = CancellationToken::new();
+    let mut ahead = ReadAhead::default();
+    read_ahead_while(
+        &mut source,
+        &limits,
+        &rules,
+        &mut ahead,
+        tokio::time::sleep(Duration::from_secs(1)),
+    )
+    .await;
+    let batch = collect_batch(&mut source, &limits, &shutdown, &mut ahead)
+        .await
+        .unwrap();
+    assert_eq!(batch.end, BatchEnd::Rebalance);
+    let mut got = offsets_of(&batch);
+    got.sort();
+    assert_eq!(got, vec![0, 1, 2, 3]);
+    assert!(source.has_events());
+    let _ = source.take_events();
+    // Nothing committed: the source starts over at 0, after the carried message.
+    let next = collect_batch(&mut source, &limits, &shutdown, &mut ahead)
+        .await
+        .unwrap();
+    assert_eq!(next.messages.first().map(|m| m.offset), Some(0));
+}

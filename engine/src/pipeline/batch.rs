@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::part::{MessageIndex, PartBatch};
 use super::partitions::{from_offset, max_time, offset_ranges, split_by_partition};
 use super::{Pipeline, PipelineError, Stop};
-use crate::batcher::decode_batch_with;
+use crate::batcher::{Decoding, decode_batch_with};
 use crate::source::{DeadLetter, Message, PartitionCommit, Source, TopicPartition};
 
 /// The event-time columns the windowed queries use.
@@ -39,9 +39,13 @@ pub(super) fn window_columns<S: Source>(p: &Pipeline<S>) -> Vec<String> {
 
 impl<S: Source> Pipeline<S> {
     /// Process one batch of messages (see the module docs).
+    ///
+    /// `decoded` is the batch's decoding started while the previous batch committed; it is used
+    /// when every message of the batch is kept (else the kept ones are decoded here).
     pub(super) async fn process(
         &mut self,
         messages: &[Message],
+        decoded: &mut Option<Decoding>,
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let started = Instant::now();
@@ -53,8 +57,15 @@ impl<S: Source> Pipeline<S> {
                 return Ok(());
             }
             let bytes: usize = kept.iter().map(Message::size).sum();
-            let decoded = decode_batch_with(&kept, &self.options.rules)
-                .map_err(|e| Stop::Failed(PipelineError::from(e)))?;
+            let ready = match (&kept, decoded.take()) {
+                (Cow::Borrowed(_), Some(handle)) => handle.await.ok(),
+                _ => None,
+            };
+            let decoded = match ready {
+                Some(d) => d,
+                None => decode_batch_with(&kept, &self.options.rules),
+            }
+            .map_err(|e| Stop::Failed(PipelineError::from(e)))?;
             if let Some(first) = decoded.dead_letters.first() {
                 tracing::warn!(count = decoded.dead_letters.len(), partition = first.partition,
                     offset = first.offset, reason = %first.reason, "dead letters in batch (first shown)");
@@ -297,7 +308,15 @@ impl<S: Source> Pipeline<S> {
                 lag,
             );
             // Best effort: the engine's own metrics never hold a batch back.
-            let _ = self.sinks.influx.write(&line).await;
+            let write = self.sinks.influx.write(&line);
+            let _ = crate::batcher::read_ahead_while(
+                &mut self.source,
+                &self.options.limits,
+                &self.options.rules,
+                &mut self.ahead,
+                write,
+            )
+            .await;
         }
         if let Err(e) = self.source.commit(&commits).await {
             tracing::warn!(error = %e, "recording source positions failed; the next batch records them again");

@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::part::{MessageIndex, PartBatch, refused_rows, run_on};
 use super::{Pipeline, PipelineError, Stop};
+use crate::batcher::read_ahead_while;
 use crate::ledger::{CommitState, LedgerError, PartitionLedger, Progress};
 use crate::retry::{RetryError, Transient, retry_reporting};
 use crate::sink::dead_letter;
-use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError};
+use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError, LakeSink};
 use crate::source::{Source, TopicPartition};
 use crate::transform::isolate::run_isolating;
 use crate::transform::{Target, Transform};
@@ -22,6 +23,8 @@ struct Prepared {
     tp: TopicPartition,
     next_offset: i64,
     ledger: PartitionLedger,
+    /// What to encode: the offsets covered and every dataset's output.
+    encode: Option<((i64, i64), Vec<DatasetOutput>)>,
     files: Vec<EncodedFile>,
     state: CommitState,
     written: Vec<(String, u64)>,
@@ -96,6 +99,7 @@ impl<S: Source> Pipeline<S> {
                 prepared.push(p);
             }
         }
+        encode_all(&self.sinks.lake, &mut prepared)?;
         self.metrics.step("lake_encode", at);
         let results = {
             let (lake, backoff, metrics, health) = (
@@ -105,7 +109,7 @@ impl<S: Source> Pipeline<S> {
                 &self.health,
             );
             let timeout = self.options.lake_timeout;
-            futures::future::join_all(prepared.into_iter().map(|p| async move {
+            let commits = futures::future::join_all(prepared.into_iter().map(|p| async move {
                 let pr = &p;
                 let result = retry_reporting(
                     "lake commit",
@@ -146,7 +150,15 @@ impl<S: Source> Pipeline<S> {
                 )
                 .await;
                 (p, result)
-            }))
+            }));
+            // While the commits wait on the store, the next batch is read (and decoded).
+            read_ahead_while(
+                &mut self.source,
+                &self.options.limits,
+                &self.options.rules,
+                &mut self.ahead,
+                commits,
+            )
             .await
         };
         self.metrics.step("lake_commit", at);
@@ -186,20 +198,6 @@ impl<S: Source> Pipeline<S> {
             outputs.push(dead_letter::output(&refs, now).map_err(PipelineError::from)?);
         }
         let first = part.range.0.max(owned.ledger.next_offset);
-        let files = self
-            .sinks
-            .lake
-            .encode(
-                &part.tp,
-                owned.ledger.topic_id.as_deref(),
-                (first, part.range.1),
-                &outputs,
-            )
-            .map_err(PipelineError::from)?;
-        let written = files
-            .iter()
-            .map(|f| (f.dataset.clone(), f.rows as u64))
-            .collect();
         let mut progress: Progress = owned.progress.clone();
         for (c, m) in &part.max_event {
             let e = progress.max_event_ms.entry(c.clone()).or_insert(*m);
@@ -223,7 +221,8 @@ impl<S: Source> Pipeline<S> {
             tp: part.tp.clone(),
             next_offset: part.range.1 + 1,
             ledger: owned.ledger.clone(),
-            files,
+            encode: Some(((first, part.range.1), outputs)),
+            files: Vec::new(),
             state: CommitState {
                 topic_id: owned.ledger.topic_id.clone(),
                 progress,
@@ -238,7 +237,7 @@ impl<S: Source> Pipeline<S> {
                     })
                     .collect(),
             },
-            written,
+            written: Vec::new(),
         }))
     }
 
@@ -259,4 +258,36 @@ impl<S: Source> Pipeline<S> {
             }
         }
     }
+}
+
+/// Encode every partition's files, the partitions split over two threads (Parquet encoding is
+/// the CPU part of a commit; the machine it was tuned on has two cores).
+fn encode_all(lake: &LakeSink, prepared: &mut [Prepared]) -> Result<(), Stop> {
+    fn one(lake: &LakeSink, p: &mut Prepared) -> Result<(), LakeError> {
+        let Some((range, outputs)) = p.encode.take() else {
+            return Ok(());
+        };
+        p.files = lake.encode(&p.tp, p.state.topic_id.as_deref(), range, &outputs)?;
+        p.written = p
+            .files
+            .iter()
+            .map(|f| (f.dataset.clone(), f.rows as u64))
+            .collect();
+        Ok(())
+    }
+    let half = prepared.len().div_ceil(2);
+    let (a, b) = prepared.split_at_mut(half);
+    let (ra, rb) = if b.is_empty() {
+        (a.iter_mut().try_for_each(|p| one(lake, p)), Ok(()))
+    } else {
+        std::thread::scope(|s| {
+            let other = s.spawn(|| b.iter_mut().try_for_each(|p| one(lake, p)));
+            let mine = a.iter_mut().try_for_each(|p| one(lake, p));
+            let theirs = other
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (mine, theirs)
+        })
+    };
+    ra.and(rb).map_err(|e| Stop::Failed(PipelineError::from(e)))
 }

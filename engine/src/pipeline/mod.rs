@@ -9,6 +9,10 @@
 //! wait and retry (nothing is committed meanwhile); bad data never stops the pipeline; a transform
 //! that fails for every row stops it, and says so, until the query is fixed.
 //!
+//! While a batch waits on a store (the lake commit, an InfluxDB write), the next batch's messages
+//! are read and decoded on a blocking thread ([`crate::batcher::read_ahead_while`]); nothing of
+//! the pipeline's state moves until that batch is processed in its turn.
+//!
 //! The pipeline is owned parts: the [`Queries`] it runs, the [`Sinks`] it writes, the partitions
 //! it knows ([`partitions`]), and the run's [`RunSummary`].
 
@@ -31,14 +35,14 @@ use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::{BatchEnd, BatchLimits, DecodeRules, collect_batch};
+use crate::batcher::{BatchEnd, BatchLimits, Collected, DecodeRules, ReadAhead, collect_batch};
 use crate::config::{Config, OnNewTopic};
 use crate::ledger::LedgerError;
 use crate::metrics::{Health, Metrics};
 use crate::retry::{Backoff, RetryError, Transient, retry_reporting};
 use crate::sink::influx::{InfluxError, InfluxSink, InfluxTarget};
 use crate::sink::lake::{LakeError, LakeSink};
-use crate::source::{Message, Source, SourceError, SourceEvent, TopicPartition, TopicView};
+use crate::source::{Source, SourceError, SourceEvent, TopicPartition, TopicView};
 use crate::transform::QueryError;
 use crate::windows::state::{PartitionWindows, QueryState};
 use crate::windows::watermark::TopicClock;
@@ -280,7 +284,8 @@ pub struct Pipeline<S: Source> {
     queries: Queries,
     sinks: Sinks,
     book: Book,
-    carry: Option<Message>,
+    /// The next batch's messages, read while the current one commits.
+    ahead: ReadAhead,
     /// Windowed queries whose open windows owned partitions must fill from the lake.
     to_seed: BTreeMap<String, Vec<TopicPartition>>,
     metrics: Arc<Metrics>,
@@ -311,7 +316,7 @@ impl<S: Source> Pipeline<S> {
                 clock,
                 view: TopicView::default(),
             },
-            carry: None,
+            ahead: ReadAhead::default(),
             to_seed: BTreeMap::new(),
             metrics,
             health,
@@ -375,11 +380,15 @@ impl<S: Source> Pipeline<S> {
                 Err(Stop::Stalled(_)) => {}
             }
             let mut at = std::time::Instant::now();
-            let (messages, end) = collect_batch(
+            let Collected {
+                messages,
+                end,
+                mut decoded,
+            } = collect_batch(
                 &mut self.source,
                 &self.options.limits,
                 shutdown,
-                &mut self.carry,
+                &mut self.ahead,
             )
             .await?;
             self.metrics.step("collect", &mut at);
@@ -389,7 +398,7 @@ impl<S: Source> Pipeline<S> {
             }
             if !messages.is_empty() {
                 loop {
-                    match self.process(&messages, shutdown).await {
+                    match self.process(&messages, &mut decoded, shutdown).await {
                         Ok(()) => {
                             self.health.set("transform", self.queries.refused_problem());
                             stalled_wait = Duration::from_secs(1);

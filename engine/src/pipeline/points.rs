@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::part::{MessageIndex, PartBatch, refused_rows, route, run_on};
 use super::{Pipeline, PipelineError, Stop};
+use crate::batcher::read_ahead_while;
 use crate::line_protocol::encode_batch_counted;
 use crate::retry::{RetryError, Transient, retry_reporting};
 use crate::schema::source_schema;
@@ -95,7 +96,7 @@ impl<S: Source> Pipeline<S> {
             return Ok(());
         }
         let (sink, metrics, health) = (&self.sinks.influx, &self.metrics, &self.health);
-        let attempt = retry_reporting(
+        let write = retry_reporting(
             "influx write",
             &self.options.backoff,
             shutdown,
@@ -106,6 +107,14 @@ impl<S: Source> Pipeline<S> {
                 }
             },
             || sink.write(body),
+        );
+        // While InfluxDB answers, the next batch is read (and decoded).
+        let attempt = read_ahead_while(
+            &mut self.source,
+            &self.options.limits,
+            &self.options.rules,
+            &mut self.ahead,
+            write,
         )
         .await;
         match attempt {

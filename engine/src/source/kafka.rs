@@ -155,7 +155,9 @@ pub fn consumer_settings(c: &KafkaConfig) -> BTreeMap<String, String> {
         ("heartbeat.interval.ms", "3000"),
         ("statistics.interval.ms", "5000"),
         ("fetch.wait.max.ms", "100"),
-        ("queued.max.messages.kbytes", "65536"),
+        // librdkafka's prefetch queue (64 MB by default) sits beside the batch being processed
+        // and the one read ahead; 16 MB is still more than a second of the engine's full speed.
+        ("queued.max.messages.kbytes", "16384"),
         ("client.id", "carflow"),
     ]
     .into_iter()

@@ -1,0 +1,138 @@
+//! Reading ahead: while a batch commits (on HDFS mostly waiting for the namenode), the batcher
+//! reads the next batch's messages and decodes them on a blocking thread, so the next batch starts
+//! with its rows ready.
+//!
+//! Nothing of the pipeline's state is touched: what is read ahead is only held in memory (at most
+//! one batch, by the same limits) until [`super::collect_batch`] hands it out, and the source
+//! positions still move only when a batch is committed, so a crash loses nothing that is not
+//! read again. The rules of a batch hold for what is read ahead: it closes at the row or byte
+//! limit, at the linger time counted from its first message, and before the first message that
+//! follows a change of partition ownership.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arrow::error::ArrowError;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{BatchEnd, BatchLimits, DecodeRules, DecodedBatch, decode_batch_with};
+use crate::source::{Message, Source, SourceError};
+
+/// A batch being decoded on a blocking thread.
+pub type Decoding = JoinHandle<Result<DecodedBatch, ArrowError>>;
+
+/// A batch handed out by [`super::collect_batch`].
+#[derive(Debug)]
+pub struct Collected {
+    /// Its messages: in arrival order, or, when read ahead, in processing order.
+    pub messages: Arc<Vec<Message>>,
+    /// Why it closed.
+    pub end: BatchEnd,
+    /// Its decoding, started while the previous batch committed (decoding all of `messages`).
+    pub decoded: Option<Decoding>,
+}
+
+/// Messages read ahead of the batch being processed.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    /// The message that arrived after an ownership change: it starts the next batch.
+    pub(super) carry: Option<Message>,
+    /// Messages of the next batch so far.
+    pub(super) messages: Vec<Message>,
+    /// Their payload bytes.
+    pub(super) bytes: usize,
+    /// When the first of them arrived (the linger counts from it).
+    pub(super) since: Option<Instant>,
+    /// A whole batch, closed while reading ahead, with its decoding.
+    pub(super) ready: Option<Collected>,
+    /// The source failed while reading ahead (returned by the next collect).
+    pub(super) failed: Option<SourceError>,
+}
+
+impl ReadAhead {
+    /// Messages held (for tests and logs).
+    pub fn held(&self) -> usize {
+        self.messages.len()
+            + usize::from(self.carry.is_some())
+            + self.ready.as_ref().map_or(0, |c| c.messages.len())
+    }
+
+    /// Add a message; close the batch when it is full.
+    pub(super) fn push(&mut self, message: Message, limits: &BatchLimits, rules: &DecodeRules) {
+        self.since.get_or_insert_with(Instant::now);
+        self.bytes += message.size();
+        self.messages.push(message);
+        if self.messages.len() >= limits.max_rows || self.bytes >= limits.max_bytes {
+            self.close(BatchEnd::Full, rules);
+        }
+    }
+
+    /// Close the batch read so far and start decoding it. The messages are put in the order
+    /// the pipeline processes them (by partition and offset, each offset once), so the decoding
+    /// is of exactly the batch it will process.
+    pub(super) fn close(&mut self, end: BatchEnd, rules: &DecodeRules) {
+        let mut messages = std::mem::take(&mut self.messages);
+        messages.sort_by(|a, b| {
+            (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset))
+        });
+        messages.dedup_by(|a, b| {
+            a.topic == b.topic && a.partition == b.partition && a.offset == b.offset
+        });
+        let messages = Arc::new(messages);
+        self.bytes = 0;
+        self.since = None;
+        let decoded = (!messages.is_empty()).then(|| {
+            let (m, rules) = (Arc::clone(&messages), *rules);
+            tokio::task::spawn_blocking(move || decode_batch_with(&m, &rules))
+        });
+        self.ready = Some(Collected {
+            messages,
+            end,
+            decoded,
+        });
+    }
+}
+
+/// Run `work` (a batch's commit) and, while it runs, read the next batch's messages from
+/// `source` into `ahead`; a batch that closes meanwhile starts decoding at once. Returns `work`'s
+/// output as soon as it is done: reading ahead never delays it. A source error is kept for the
+/// next collect, so `work` always runs to its end.
+pub async fn read_ahead_while<S: Source, T>(
+    source: &mut S,
+    limits: &BatchLimits,
+    rules: &DecodeRules,
+    ahead: &mut ReadAhead,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        if ahead.ready.is_some() || ahead.failed.is_some() {
+            return work.await;
+        }
+        if let Some(m) = ahead.carry.take() {
+            ahead.push(m, limits, rules);
+            continue;
+        }
+        let deadline = ahead.since.map(|s| s + limits.linger);
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                ahead.close(BatchEnd::Linger, rules);
+            }
+            next = source.next_message() => match next {
+                Err(e) => ahead.failed = Some(e),
+                Ok(None) => ahead.close(BatchEnd::SourceExhausted, rules),
+                Ok(Some(m)) => {
+                    if source.has_events() {
+                        ahead.carry = Some(m);
+                        ahead.close(BatchEnd::Rebalance, rules);
+                    } else {
+                        ahead.push(m, limits, rules);
+                    }
+                }
+            }
+        }
+    }
+}
