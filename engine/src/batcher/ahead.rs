@@ -58,6 +58,11 @@ impl ReadAhead {
             + self.ready.as_ref().map_or(0, |c| c.messages.len())
     }
 
+    /// Is a whole batch waiting (the pipeline is behind the source)?
+    pub fn has_batch(&self) -> bool {
+        self.ready.as_ref().is_some_and(|c| !c.messages.is_empty())
+    }
+
     /// Add a message; close the batch when it is full.
     pub(super) fn push(&mut self, message: Message, limits: &BatchLimits, rules: &DecodeRules) {
         self.since.get_or_insert_with(Instant::now);

@@ -11,7 +11,9 @@
 //!
 //! While a batch waits on a store (the lake commit, an InfluxDB write), the next batch's messages
 //! are read and decoded on a blocking thread ([`crate::batcher::read_ahead_while`]); nothing of
-//! the pipeline's state moves until that batch is processed in its turn.
+//! the pipeline's state moves until that batch is processed in its turn. When a batch is waiting
+//! and no other engine shares the topic, a batch's window points are written while the next batch
+//! is processed; they land before that batch's commit (and before the run returns).
 //!
 //! The pipeline is owned parts: the [`Queries`] it runs, the [`Sinks`] it writes, the partitions
 //! it knows ([`partitions`]), and the run's [`RunSummary`].
@@ -233,7 +235,7 @@ pub struct Sinks {
     /// The lake (and, beside it, the ledger).
     pub lake: LakeSink,
     /// InfluxDB or its line-protocol file.
-    pub influx: InfluxSink,
+    pub influx: Arc<InfluxSink>,
 }
 
 /// The partitions the pipeline knows.
@@ -286,6 +288,8 @@ pub struct Pipeline<S: Source> {
     book: Book,
     /// The next batch's messages, read while the current one commits.
     ahead: ReadAhead,
+    /// Window points being written while the pipeline goes on.
+    pending_points: Option<points::PendingWrite>,
     /// Windowed queries whose open windows owned partitions must fill from the lake.
     to_seed: BTreeMap<String, Vec<TopicPartition>>,
     metrics: Arc<Metrics>,
@@ -317,6 +321,7 @@ impl<S: Source> Pipeline<S> {
                 view: TopicView::default(),
             },
             ahead: ReadAhead::default(),
+            pending_points: None,
             to_seed: BTreeMap::new(),
             metrics,
             health,
@@ -346,7 +351,17 @@ impl<S: Source> Pipeline<S> {
         let lake = LakeSink::new(location, &writer);
         let influx = InfluxSink::new(InfluxTarget::from_config(&config.influx))?;
         let options = PipelineOptions::from_config(config, engine_id);
-        Self::new(source, options, Sinks { lake, influx }, metrics, health).await
+        Self::new(
+            source,
+            options,
+            Sinks {
+                lake,
+                influx: Arc::new(influx),
+            },
+            metrics,
+            health,
+        )
+        .await
     }
 
     /// The source (for tests that inspect commits).
@@ -369,8 +384,20 @@ impl<S: Source> Pipeline<S> {
         &self.queries.datasets_from_start
     }
 
-    /// Run until the source ends or `shutdown` fires; a batch in progress is finished first.
+    /// Run until the source ends or `shutdown` fires; a batch in progress is finished first, and
+    /// the points still being written land before this returns.
     pub async fn run(&mut self, shutdown: &CancellationToken) -> Result<RunSummary, PipelineError> {
+        let out = self.run_batches(shutdown).await;
+        match self.settle_points().await {
+            Err(Stop::Failed(e)) if out.is_ok() => Err(e),
+            _ => out,
+        }
+    }
+
+    async fn run_batches(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<RunSummary, PipelineError> {
         let mut stalled_wait = Duration::from_secs(1);
         loop {
             match self.apply_events(shutdown).await {

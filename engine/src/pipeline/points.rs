@@ -12,7 +12,9 @@ use crate::batcher::read_ahead_while;
 use crate::line_protocol::encode_batch_counted;
 use crate::retry::{RetryError, Transient, retry_reporting};
 use crate::schema::source_schema;
-use crate::sink::influx::InfluxError;
+use std::sync::Arc;
+
+use crate::sink::influx::{InfluxError, WriteReport};
 use crate::source::Source;
 use crate::transform::isolate::run_isolating;
 use crate::transform::{Target, Transform};
@@ -86,12 +88,14 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// Write line protocol, retrying while InfluxDB is down; points it refuses as bad data are
-    /// counted and logged (the others are written); a configuration error stops the engine.
+    /// counted and logged (the others are written); a configuration error stops the engine. A
+    /// write still in flight ([`Self::write_influx_later`]) lands first.
     pub(super) async fn write_influx(
         &mut self,
         body: &str,
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
+        self.settle_points().await?;
         if body.is_empty() {
             return Ok(());
         }
@@ -117,6 +121,71 @@ impl<S: Source> Pipeline<S> {
             write,
         )
         .await;
+        self.influx_outcome(attempt)
+    }
+
+    /// Start writing `body` and go on: the next write, the next lake commit (which goes through
+    /// [`Self::write_influx`] first) and the end of the run wait for it. So points land in the
+    /// order they were made, and a commit that could close their windows comes after them.
+    pub(super) async fn write_influx_later(
+        &mut self,
+        body: String,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        self.settle_points().await?;
+        if body.is_empty() {
+            return Ok(());
+        }
+        let (sink, metrics, health) = (
+            Arc::clone(&self.sinks.influx),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.health),
+        );
+        let (backoff, shutdown) = (self.options.backoff.clone(), shutdown.clone());
+        self.pending_points = Some(tokio::spawn(async move {
+            retry_reporting(
+                "influx write",
+                &backoff,
+                &shutdown,
+                |e: &InfluxError| {
+                    metrics.error("influx");
+                    if e.is_transient() {
+                        health.set("influx", Some(e.to_string()));
+                    }
+                },
+                || sink.write(&body),
+            )
+            .await
+        }));
+        Ok(())
+    }
+
+    /// Wait for the write in flight, if any (reading ahead meanwhile).
+    pub(super) async fn settle_points(&mut self) -> Result<(), Stop> {
+        let Some(handle) = self.pending_points.take() else {
+            return Ok(());
+        };
+        let joined = read_ahead_while(
+            &mut self.source,
+            &self.options.limits,
+            &self.options.rules,
+            &mut self.ahead,
+            handle,
+        )
+        .await;
+        let attempt = joined.map_err(|e| {
+            Stop::Failed(PipelineError::Influx(InfluxError::Config(format!(
+                "the InfluxDB write task ended without an answer: {e}"
+            ))))
+        })?;
+        self.influx_outcome(attempt)
+    }
+
+    /// Health, metrics and logs of a write's outcome.
+    fn influx_outcome(
+        &mut self,
+        attempt: Result<WriteReport, RetryError<InfluxError>>,
+    ) -> Result<(), Stop> {
         match attempt {
             Ok(report) => {
                 self.health.set("influx", None);
@@ -138,6 +207,10 @@ impl<S: Source> Pipeline<S> {
         }
     }
 }
+
+/// A write of window points in flight.
+pub(super) type PendingWrite =
+    tokio::task::JoinHandle<Result<WriteReport, RetryError<InfluxError>>>;
 
 /// The engine's own metrics point for one batch.
 #[allow(clippy::too_many_arguments)]

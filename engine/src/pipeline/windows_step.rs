@@ -306,6 +306,14 @@ impl<S: Source> Pipeline<S> {
             let mut at = std::time::Instant::now();
             points += self.merged_points(&windows, &mut body).await?;
             self.metrics.step("window_merge", &mut at);
+            if !others && self.ahead.has_batch() {
+                // Behind the source, and no other engine's state to check against: the write
+                // goes on while the next batch is processed (it lands before that batch's
+                // commit). A batch with none waiting after it writes before it is reported done.
+                self.write_influx_later(body, shutdown).await?;
+                self.metrics.step("window_write", &mut at);
+                break;
+            }
             self.write_influx(&body, shutdown).await?;
             self.metrics.step("window_write", &mut at);
             if !others {
@@ -325,9 +333,10 @@ impl<S: Source> Pipeline<S> {
         Ok(points)
     }
 
-    /// The merged points of `windows`, appended to `body`.
+    /// The merged points of `windows`, appended to `body`. The final merges of the queries run
+    /// as tasks of their own (each is a separate DataFusion plan), so they share the cores.
     async fn merged_points(&mut self, windows: &WindowSet, body: &mut String) -> Result<u64, Stop> {
-        let mut points = 0u64;
+        let mut merges = Vec::new();
         for (key, starts) in windows {
             let Some(w) = self.queries.windows.get(key).cloned() else {
                 continue;
@@ -376,10 +385,20 @@ impl<S: Source> Pipeline<S> {
                     states.extend(open.iter().filter_map(|s| q.windows.get(s).cloned()));
                 }
             }
-            let out = w
-                .query
-                .finish(states, &self.queries.planner.batch_ctx)
+            let ctx = self.queries.planner.batch_ctx.clone();
+            let query = w.query.clone();
+            let task = tokio::spawn(async move { query.finish(states, &ctx).await });
+            merges.push((w, task));
+        }
+        let mut points = 0u64;
+        for (w, task) in merges {
+            let out = task
                 .await
+                .map_err(|e| {
+                    PipelineError::DataFusion(datafusion::error::DataFusionError::Execution(
+                        format!("the final merge of {} failed: {e}", w.measurement),
+                    ))
+                })?
                 .map_err(PipelineError::from)?;
             let mut n = 0;
             for b in &out {
