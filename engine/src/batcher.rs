@@ -26,6 +26,7 @@ use arrow::array::{
 use arrow::compute::concat_batches;
 use arrow::error::ArrowError;
 use arrow_json::reader::{Decoder, ReaderBuilder};
+use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -162,6 +163,21 @@ pub async fn collect_batch<S: Source>(
         messages.push(message);
         if messages.len() >= limits.max_rows || bytes >= limits.max_bytes {
             return done(messages, BatchEnd::Full);
+        }
+        // What the source holds already is taken without a timer and a select per message.
+        while let Some(next) = source.next_message().now_or_never() {
+            let Some(message) = next? else {
+                return done(messages, BatchEnd::SourceExhausted);
+            };
+            if source.has_events() {
+                ahead.carry = Some(message);
+                return done(messages, BatchEnd::Rebalance);
+            }
+            bytes += message.size();
+            messages.push(message);
+            if messages.len() >= limits.max_rows || bytes >= limits.max_bytes {
+                return done(messages, BatchEnd::Full);
+            }
         }
     }
 }

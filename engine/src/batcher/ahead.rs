@@ -10,6 +10,8 @@
 //! follows a change of partition ownership.
 
 use std::future::Future;
+
+use futures::FutureExt;
 use std::sync::Arc;
 
 use arrow::error::ArrowError;
@@ -111,6 +113,10 @@ pub async fn read_ahead_while<S: Source, T>(
     work: impl Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
+    // One timer for the linger, armed when the batch's first message arrives.
+    let linger = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(linger);
+    let mut armed = false;
     loop {
         if ahead.ready.is_some() || ahead.failed.is_some() {
             return work.await;
@@ -119,24 +125,50 @@ pub async fn read_ahead_while<S: Source, T>(
             ahead.push(m, limits, rules);
             continue;
         }
-        let deadline = ahead.since.map(|s| s + limits.linger);
+        match ahead.since {
+            Some(since) if !armed => {
+                linger.as_mut().reset(since + limits.linger);
+                armed = true;
+            }
+            None => armed = false,
+            _ => {}
+        }
         tokio::select! {
             biased;
             out = &mut work => return out,
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                ahead.close(BatchEnd::Linger, rules);
-            }
-            next = source.next_message() => match next {
-                Err(e) => ahead.failed = Some(e),
-                Ok(None) => ahead.close(BatchEnd::SourceExhausted, rules),
-                Ok(Some(m)) => {
-                    if source.has_events() {
-                        ahead.carry = Some(m);
-                        ahead.close(BatchEnd::Rebalance, rules);
-                    } else {
-                        ahead.push(m, limits, rules);
+            _ = &mut linger, if armed => ahead.close(BatchEnd::Linger, rules),
+            next = source.next_message() => {
+                take(source, limits, rules, ahead, next);
+                // What the source holds already is taken without going round the select (and
+                // polling `work`) once per message.
+                while ahead.ready.is_none() && ahead.failed.is_none() {
+                    match source.next_message().now_or_never() {
+                        Some(next) => take(source, limits, rules, ahead, next),
+                        None => break,
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Take one answer of the source into `ahead`.
+fn take<S: Source>(
+    source: &S,
+    limits: &BatchLimits,
+    rules: &DecodeRules,
+    ahead: &mut ReadAhead,
+    next: Result<Option<Message>, SourceError>,
+) {
+    match next {
+        Err(e) => ahead.failed = Some(e),
+        Ok(None) => ahead.close(BatchEnd::SourceExhausted, rules),
+        Ok(Some(m)) => {
+            if source.has_events() {
+                ahead.carry = Some(m);
+                ahead.close(BatchEnd::Rebalance, rules);
+            } else {
+                ahead.push(m, limits, rules);
             }
         }
     }

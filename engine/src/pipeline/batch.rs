@@ -104,7 +104,7 @@ impl<S: Source> Pipeline<S> {
             // Counted by write_windows itself (window_merge, window_write).
             let window_points = self.write_windows(touched, shutdown).await?;
             at = std::time::Instant::now();
-            self.finish_batch(&parts, bytes, row_points + window_points, started)
+            self.finish_batch(&parts, bytes, row_points + window_points, started, shutdown)
                 .await;
             self.metrics.step("offsets", &mut at);
             self.close_windows_now().await;
@@ -252,6 +252,7 @@ impl<S: Source> Pipeline<S> {
         bytes: usize,
         points: u64,
         started: Instant,
+        shutdown: &CancellationToken,
     ) {
         let mut commits = Vec::new();
         let mut records = 0u64;
@@ -307,16 +308,21 @@ impl<S: Source> Pipeline<S> {
                 started,
                 lag,
             );
-            // Best effort: the engine's own metrics never hold a batch back.
-            let write = self.sinks.influx.write(&line);
-            let _ = crate::batcher::read_ahead_while(
-                &mut self.source,
-                &self.options.limits,
-                &self.options.rules,
-                &mut self.ahead,
-                write,
-            )
-            .await;
+            // Best effort: the engine's own metrics never hold a batch back. Behind a write in
+            // flight, it goes after it (never two writers at once).
+            if self.pending_points.is_some() {
+                self.write_influx_later(line, true, shutdown);
+            } else {
+                let write = self.sinks.influx.write(&line);
+                let _ = crate::batcher::read_ahead_while(
+                    &mut self.source,
+                    &self.options.limits,
+                    &self.options.rules,
+                    &mut self.ahead,
+                    write,
+                )
+                .await;
+            }
         }
         if let Err(e) = self.source.commit(&commits).await {
             tracing::warn!(error = %e, "recording source positions failed; the next batch records them again");

@@ -124,18 +124,21 @@ impl<S: Source> Pipeline<S> {
         self.influx_outcome(attempt)
     }
 
-    /// Start writing `body` and go on: the next write, the next lake commit (which goes through
-    /// [`Self::write_influx`] first) and the end of the run wait for it. So points land in the
-    /// order they were made, and a commit that could close their windows comes after them.
-    pub(super) async fn write_influx_later(
+    /// Start writing `body` and go on: the next [`Self::write_influx`] (through which every
+    /// batch passes before its lake commit) and the end of the run wait for it. Writes started
+    /// this way run one after the other, in the order they were started, so points land in the
+    /// order they were made (and a line-protocol file is never written by two at once). A
+    /// `best_effort` write is tried once and its failure ignored (the engine's own metrics).
+    pub(super) fn write_influx_later(
         &mut self,
         body: String,
+        best_effort: bool,
         shutdown: &CancellationToken,
-    ) -> Result<(), Stop> {
-        self.settle_points().await?;
+    ) {
         if body.is_empty() {
-            return Ok(());
+            return;
         }
+        let before = self.pending_points.take();
         let (sink, metrics, health) = (
             Arc::clone(&self.sinks.influx),
             Arc::clone(&self.metrics),
@@ -143,7 +146,26 @@ impl<S: Source> Pipeline<S> {
         );
         let (backoff, shutdown) = (self.options.backoff.clone(), shutdown.clone());
         self.pending_points = Some(tokio::spawn(async move {
-            retry_reporting(
+            let mut report = match before {
+                None => WriteReport::default(),
+                Some(handle) => match handle.await {
+                    Ok(Ok(report)) => report,
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => {
+                        return Err(RetryError::Permanent(InfluxError::Config(format!(
+                            "an earlier InfluxDB write task ended without an answer: {e}"
+                        ))));
+                    }
+                },
+            };
+            if best_effort {
+                if let Ok(r) = sink.write(&body).await {
+                    report.rejected_points += r.rejected_points;
+                    report.reasons.extend(r.reasons);
+                }
+                return Ok(report);
+            }
+            let r = retry_reporting(
                 "influx write",
                 &backoff,
                 &shutdown,
@@ -155,9 +177,11 @@ impl<S: Source> Pipeline<S> {
                 },
                 || sink.write(&body),
             )
-            .await
+            .await?;
+            report.rejected_points += r.rejected_points;
+            report.reasons.extend(r.reasons);
+            Ok(report)
         }));
-        Ok(())
     }
 
     /// Wait for the write in flight, if any (reading ahead meanwhile).

@@ -310,7 +310,7 @@ impl<S: Source> Pipeline<S> {
                 // Behind the source, and no other engine's state to check against: the write
                 // goes on while the next batch is processed (it lands before that batch's
                 // commit). A batch with none waiting after it writes before it is reported done.
-                self.write_influx_later(body, shutdown).await?;
+                self.write_influx_later(body, false, shutdown);
                 self.metrics.step("window_write", &mut at);
                 break;
             }
