@@ -245,6 +245,29 @@ fn limits(max_rows: usize) -> BatchLimits {
     }
 }
 
+/// Read ahead from `source` during a "commit" of `commit`, then collect the next batch.
+async fn ahead_then_collect<S: Source>(
+    source: &mut S,
+    limits: &BatchLimits,
+    commit: Duration,
+) -> (usize, Collected, ReadAhead) {
+    let rules = DecodeRules::with_max_message_bytes(1 << 20);
+    let mut ahead = ReadAhead::default();
+    read_ahead_while(
+        source,
+        limits,
+        &rules,
+        &mut ahead,
+        tokio::time::sleep(commit),
+    )
+    .await;
+    let held = ahead.held();
+    let batch = collect_batch(source, limits, &CancellationToken::new(), &mut ahead)
+        .await
+        .unwrap();
+    (held, batch, ahead)
+}
+
 fn offsets_of(c: &Collected) -> Vec<i64> {
     c.messages.iter().map(|m| m.offset).collect()
 }
@@ -335,29 +358,18 @@ async fn a_batch_begun_ahead_is_completed_by_the_next_collect_within_its_linger(
         inner: MemorySource::new((0..100).map(good).collect()),
         every: Duration::from_millis(100),
     };
-    let (limits, rules) = (limits(1000), DecodeRules::with_max_message_bytes(1 << 20));
-    let shutdown = CancellationToken::new();
-    let mut ahead = ReadAhead::default();
-    read_ahead_while(
-        &mut source,
-        &limits,
-        &rules,
-        &mut ahead,
-        tokio::time::sleep(Duration::from_millis(350)),
-    )
-    .await;
-    assert_eq!(ahead.held(), 3, "three messages arrived during the commit");
     let started = Instant::now();
-    let batch = collect_batch(&mut source, &limits, &shutdown, &mut ahead)
-        .await
-        .unwrap();
+    let (held, batch, _) =
+        ahead_then_collect(&mut source, &limits(1000), Duration::from_millis(350)).await;
+    assert_eq!(held, 3, "three messages arrived during the commit");
     assert_eq!(batch.end, BatchEnd::Linger);
     assert!(
         batch.decoded.is_none(),
         "an open batch is decoded by the pipeline"
     );
-    // First message at 100 ms, linger 1 s: the batch closes at 1.1 s, 750 ms after the collect.
-    assert_eq!(started.elapsed(), Duration::from_millis(750));
+    // First message at 100 ms, linger 1 s: the batch closes at 1.1 s (750 ms after the collect
+    // began, at 350 ms), not 1 s after the collect.
+    assert_eq!(started.elapsed(), Duration::from_millis(1100));
     assert_eq!(offsets_of(&batch), (0..10).collect::<Vec<i64>>());
 }
 
@@ -369,20 +381,8 @@ async fn an_ownership_change_while_reading_ahead_closes_the_batch_before_it() {
     let all: Vec<Message> = (0..30).map(good).collect();
     let mut source = MemorySource::new(all).with_rebalances(vec![4]);
     let _ = source.take_events();
-    let (limits, rules) = (limits(10), DecodeRules::with_max_message_bytes(1 << 20));
-    let shutdown = CancellationToken::new();
-    let mut ahead = ReadAhead::default();
-    read_ahead_while(
-        &mut source,
-        &limits,
-        &rules,
-        &mut ahead,
-        tokio::time::sleep(Duration::from_secs(1)),
-    )
-    .await;
-    let batch = collect_batch(&mut source, &limits, &shutdown, &mut ahead)
-        .await
-        .unwrap();
+    let (_, batch, mut ahead) =
+        ahead_then_collect(&mut source, &limits(10), Duration::from_secs(1)).await;
     assert_eq!(batch.end, BatchEnd::Rebalance);
     let mut got = offsets_of(&batch);
     got.sort();
@@ -390,8 +390,13 @@ async fn an_ownership_change_while_reading_ahead_closes_the_batch_before_it() {
     assert!(source.has_events());
     let _ = source.take_events();
     // Nothing committed: the source starts over at 0, after the carried message.
-    let next = collect_batch(&mut source, &limits, &shutdown, &mut ahead)
-        .await
-        .unwrap();
+    let next = collect_batch(
+        &mut source,
+        &limits(10),
+        &CancellationToken::new(),
+        &mut ahead,
+    )
+    .await
+    .unwrap();
     assert_eq!(next.messages.first().map(|m| m.offset), Some(0));
 }

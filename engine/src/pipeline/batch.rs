@@ -314,14 +314,7 @@ impl<S: Source> Pipeline<S> {
                 self.write_influx_later(line, true, shutdown);
             } else {
                 let write = self.sinks.influx.write(&line);
-                let _ = crate::batcher::read_ahead_while(
-                    &mut self.source,
-                    &self.options.limits,
-                    &self.options.rules,
-                    &mut self.ahead,
-                    write,
-                )
-                .await;
+                let _ = reading_ahead!(self, write).await;
             }
         }
         if let Err(e) = self.source.commit(&commits).await {

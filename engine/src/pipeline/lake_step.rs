@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::part::{MessageIndex, PartBatch, refused_rows, run_on};
 use super::{Pipeline, PipelineError, Stop};
-use crate::batcher::read_ahead_while;
 use crate::ledger::{CommitState, LedgerError, PartitionLedger, Progress};
 use crate::retry::{RetryError, Transient, retry_reporting};
 use crate::sink::dead_letter;
@@ -152,14 +151,7 @@ impl<S: Source> Pipeline<S> {
                 (p, result)
             }));
             // While the commits wait on the store, the next batch is read (and decoded).
-            read_ahead_while(
-                &mut self.source,
-                &self.options.limits,
-                &self.options.rules,
-                &mut self.ahead,
-                commits,
-            )
-            .await
+            reading_ahead!(self, commits).await
         };
         self.metrics.step("lake_commit", at);
         let mut fenced = Vec::new();

@@ -18,6 +18,20 @@
 //! The pipeline is owned parts: the [`Queries`] it runs, the [`Sinks`] it writes, the partitions
 //! it knows ([`partitions`]), and the run's [`RunSummary`].
 
+/// `read_ahead_while` over the pipeline's source and read-ahead buffer (a macro, since the work
+/// awaited borrows other fields of the pipeline).
+macro_rules! reading_ahead {
+    ($p:expr, $work:expr) => {
+        crate::batcher::read_ahead_while(
+            &mut $p.source,
+            &$p.options.limits,
+            &$p.options.rules,
+            &mut $p.ahead,
+            $work,
+        )
+    };
+}
+
 mod batch;
 mod gate;
 mod lake_step;

@@ -8,7 +8,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::part::{MessageIndex, PartBatch, refused_rows, route, run_on};
 use super::{Pipeline, PipelineError, Stop};
-use crate::batcher::read_ahead_while;
 use crate::line_protocol::encode_batch_counted;
 use crate::retry::{RetryError, Transient, retry_reporting};
 use crate::schema::source_schema;
@@ -113,14 +112,7 @@ impl<S: Source> Pipeline<S> {
             || sink.write(body),
         );
         // While InfluxDB answers, the next batch is read (and decoded).
-        let attempt = read_ahead_while(
-            &mut self.source,
-            &self.options.limits,
-            &self.options.rules,
-            &mut self.ahead,
-            write,
-        )
-        .await;
+        let attempt = reading_ahead!(self, write).await;
         self.influx_outcome(attempt)
     }
 
@@ -189,14 +181,7 @@ impl<S: Source> Pipeline<S> {
         let Some(handle) = self.pending_points.take() else {
             return Ok(());
         };
-        let joined = read_ahead_while(
-            &mut self.source,
-            &self.options.limits,
-            &self.options.rules,
-            &mut self.ahead,
-            handle,
-        )
-        .await;
+        let joined = reading_ahead!(self, handle).await;
         let attempt = joined.map_err(|e| {
             Stop::Failed(PipelineError::Influx(InfluxError::Config(format!(
                 "the InfluxDB write task ended without an answer: {e}"
