@@ -104,7 +104,7 @@ impl<S: Source> Pipeline<S> {
             // Counted by write_windows itself (window_merge, window_write).
             let window_points = self.write_windows(touched, shutdown).await?;
             at = std::time::Instant::now();
-            self.finish_batch(&parts, bytes, row_points + window_points, started, shutdown)
+            self.finish_batch(&parts, bytes, row_points + window_points, started)
                 .await;
             self.metrics.step("offsets", &mut at);
             self.close_windows_now().await;
@@ -245,73 +245,104 @@ impl<S: Source> Pipeline<S> {
         Ok(parts)
     }
 
-    /// Metrics, summary, health and source positions of a committed batch.
+    /// Metrics, summary, health and source positions of a committed batch: at once, or, while
+    /// its window points are still being written, once they land (so a batch counts as done only
+    /// when every sink has it, as before writes went on in the background).
     async fn finish_batch(
         &mut self,
         parts: &[PartBatch],
         bytes: usize,
         points: u64,
         started: Instant,
-        shutdown: &CancellationToken,
     ) {
-        let mut commits = Vec::new();
-        let mut records = 0u64;
-        let mut rows = 0u64;
-        let mut late = 0u64;
-        let mut undecodable = 0u64;
+        let done = self.tally(parts, bytes, points, started);
+        if self.pending_points.is_some() {
+            self.unfinished.push(done);
+        } else {
+            self.record(done).await;
+        }
+    }
+
+    /// What a committed batch adds to the counts.
+    fn tally(&self, parts: &[PartBatch], bytes: usize, points: u64, started: Instant) -> Done {
+        let mut done = Done {
+            bytes: bytes as u64,
+            points,
+            started,
+            ..Done::default()
+        };
         for part in parts {
-            records += part.range.2;
-            rows += part.fresh.as_ref().map_or(0, |r| r.num_rows() as u64);
-            late += part.late;
-            if part.replayed > 0 {
-                self.metrics.replayed.inc_by(part.replayed);
-                self.summary.replayed += part.replayed;
-            }
+            done.records += part.range.2;
+            done.rows += part.fresh.as_ref().map_or(0, |r| r.num_rows() as u64);
+            done.late += part.late;
+            done.replayed += part.replayed;
             for (d, n) in &part.lake_inputs {
-                *self.summary.lake_inputs.entry(d.clone()).or_default() += n;
+                *done.lake_inputs.entry(d.clone()).or_default() += n;
             }
             for d in &part.dead {
                 match &d.transform {
-                    None => undecodable += 1,
-                    Some(t) => {
-                        *self
-                            .summary
-                            .transform_dead_letters
-                            .entry(t.clone())
-                            .or_default() += 1;
-                        self.metrics.transform_dead_letters.inc();
-                    }
+                    None => done.undecodable += 1,
+                    Some(t) => *done.transform_dead.entry(t.clone()).or_default() += 1,
                 }
             }
-            self.summary.dead_letters += part.dead.len() as u64;
-            self.metrics.dead_letters.inc_by(part.dead.len() as u64);
+            done.dead += part.dead.len() as u64;
             if let Some(o) = self.book.owned.get(&part.tp) {
-                commits.push(PartitionCommit {
+                done.commits.push(PartitionCommit {
                     tp: part.tp.clone(),
                     next_offset: o.ledger.next_offset.max(part.range.1 + 1),
                 });
-                self.health
-                    .processed(&part.tp.topic, part.tp.partition, part.range.1 + 1);
             }
         }
+        done
+    }
+
+    /// Record a batch whose every sink has it: metrics, summary, health, the engine's own point
+    /// and the source positions.
+    pub(super) async fn record(&mut self, done: Done) {
+        // Partitions revoked since the commit are another engine's to report now.
+        let commits: Vec<PartitionCommit> = done
+            .commits
+            .iter()
+            .filter(|c| self.book.owned.contains_key(&c.tp))
+            .cloned()
+            .collect();
+        for c in &commits {
+            self.health
+                .processed(&c.tp.topic, c.tp.partition, c.next_offset);
+        }
+        self.metrics.replayed.inc_by(done.replayed);
+        self.summary.replayed += done.replayed;
+        for (d, n) in &done.lake_inputs {
+            *self.summary.lake_inputs.entry(d.clone()).or_default() += n;
+        }
+        for (t, n) in &done.transform_dead {
+            *self
+                .summary
+                .transform_dead_letters
+                .entry(t.clone())
+                .or_default() += n;
+            self.metrics.transform_dead_letters.inc_by(*n);
+        }
+        self.summary.dead_letters += done.dead;
+        self.metrics.dead_letters.inc_by(done.dead);
         let lag = self.source.lag();
         if self.options.engine_metrics {
             let mut line = String::new();
             super::points::engine_point(
                 &mut line,
                 &self.options.engine_id,
-                records,
-                rows,
-                parts.iter().map(|p| p.dead.len()).sum(),
-                late,
-                points,
-                started,
+                done.records,
+                done.rows,
+                done.dead as usize,
+                done.late,
+                done.points,
+                done.started,
                 lag,
             );
             // Best effort: the engine's own metrics never hold a batch back. Behind a write in
             // flight, it goes after it (never two writers at once).
             if self.pending_points.is_some() {
-                self.write_influx_later(line, true, shutdown);
+                self.write_influx_later(line, true, &CancellationToken::new());
             } else {
                 let write = self.sinks.influx.write(&line);
                 let _ = reading_ahead!(self, write).await;
@@ -321,19 +352,19 @@ impl<S: Source> Pipeline<S> {
             tracing::warn!(error = %e, "recording source positions failed; the next batch records them again");
             self.metrics.error("source");
         }
-        self.summary.records_in += records - parts.iter().map(|p| p.replayed).sum::<u64>();
-        self.summary.rows += rows;
-        self.summary.undecodable += undecodable;
-        self.summary.late_rows += late;
-        self.summary.points += points;
+        self.summary.records_in += done.records - done.replayed;
+        self.summary.rows += done.rows;
+        self.summary.undecodable += done.undecodable;
+        self.summary.late_rows += done.late;
+        self.summary.points += done.points;
         self.summary.batches += 1;
-        self.metrics.records_in.inc_by(records);
-        self.metrics.bytes_in.inc_by(bytes as u64);
-        self.metrics.late_rows.inc_by(late);
+        self.metrics.records_in.inc_by(done.records);
+        self.metrics.bytes_in.inc_by(done.bytes);
+        self.metrics.late_rows.inc_by(done.late);
         self.metrics.batches.inc();
         self.metrics
             .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(done.started.elapsed().as_secs_f64());
         self.metrics.consumer_lag.set(lag.unwrap_or(0));
         self.metrics.window_rows.set(
             self.book
@@ -343,5 +374,41 @@ impl<S: Source> Pipeline<S> {
                 .sum(),
         );
         self.health.committed();
+    }
+}
+
+/// A committed batch's counts, recorded when every sink has it.
+#[derive(Debug)]
+pub(super) struct Done {
+    commits: Vec<PartitionCommit>,
+    records: u64,
+    rows: u64,
+    late: u64,
+    replayed: u64,
+    undecodable: u64,
+    dead: u64,
+    transform_dead: BTreeMap<String, u64>,
+    lake_inputs: BTreeMap<String, u64>,
+    bytes: u64,
+    points: u64,
+    started: Instant,
+}
+
+impl Default for Done {
+    fn default() -> Self {
+        Self {
+            commits: Vec::new(),
+            records: 0,
+            rows: 0,
+            late: 0,
+            replayed: 0,
+            undecodable: 0,
+            dead: 0,
+            transform_dead: BTreeMap::new(),
+            lake_inputs: BTreeMap::new(),
+            bytes: 0,
+            points: 0,
+            started: Instant::now(),
+        }
     }
 }

@@ -304,6 +304,8 @@ pub struct Pipeline<S: Source> {
     ahead: ReadAhead,
     /// Window points being written while the pipeline goes on.
     pending_points: Option<points::PendingWrite>,
+    /// Batches committed whose points are in `pending_points` (recorded when those land).
+    unfinished: Vec<batch::Done>,
     /// Windowed queries whose open windows owned partitions must fill from the lake.
     to_seed: BTreeMap<String, Vec<TopicPartition>>,
     metrics: Arc<Metrics>,
@@ -336,6 +338,7 @@ impl<S: Source> Pipeline<S> {
             },
             ahead: ReadAhead::default(),
             pending_points: None,
+            unfinished: Vec::new(),
             to_seed: BTreeMap::new(),
             metrics,
             health,

@@ -187,7 +187,12 @@ impl<S: Source> Pipeline<S> {
                 "the InfluxDB write task ended without an answer: {e}"
             ))))
         })?;
-        self.influx_outcome(attempt)
+        self.influx_outcome(attempt)?;
+        // The batches whose points these were are done now.
+        for done in std::mem::take(&mut self.unfinished) {
+            self.record(done).await;
+        }
+        Ok(())
     }
 
     /// Health, metrics and logs of a write's outcome.
