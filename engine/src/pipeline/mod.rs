@@ -470,6 +470,16 @@ impl<S: Source> Pipeline<S> {
                     }
                 }
             }
+            if !self.ahead.has_batch() {
+                // No batch waiting to overlap with: points still being written land now, and
+                // their batches count as done (a batch that kept no message, or a topic going
+                // quiet, never leaves them pending).
+                match self.settle_points().await {
+                    Ok(()) | Err(Stop::Stalled(_)) => {}
+                    Err(Stop::Shutdown) => return Ok(self.summary.clone()),
+                    Err(Stop::Failed(e)) => return Err(e),
+                }
+            }
             if matches!(end, BatchEnd::SourceExhausted | BatchEnd::Shutdown)
                 || shutdown.is_cancelled()
             {
