@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{BatchEnd, BatchLimits, DecodeRules, DecodedBatch, decode_batch_with};
-use crate::source::{Message, Source, SourceError};
+use crate::source::{Message, Source, SourceError, in_processing_order};
 
 /// A batch being decoded on a blocking thread.
 pub type Decoding = JoinHandle<Result<DecodedBatch, ArrowError>>;
@@ -80,12 +80,7 @@ impl ReadAhead {
     /// is of exactly the batch it will process.
     pub(super) fn close(&mut self, end: BatchEnd, rules: &DecodeRules) {
         let mut messages = std::mem::take(&mut self.messages);
-        messages.sort_by(|a, b| {
-            (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset))
-        });
-        messages.dedup_by(|a, b| {
-            a.topic == b.topic && a.partition == b.partition && a.offset == b.offset
-        });
+        in_processing_order(&mut messages);
         let messages = Arc::new(messages);
         self.bytes = 0;
         self.since = None;

@@ -22,7 +22,9 @@ use super::part::{MessageIndex, PartBatch};
 use super::partitions::{from_offset, max_time, offset_ranges, split_by_partition};
 use super::{Pipeline, PipelineError, Stop};
 use crate::batcher::{Decoding, decode_batch_with};
-use crate::source::{DeadLetter, Message, PartitionCommit, Source, TopicPartition};
+use crate::source::{
+    DeadLetter, Message, PartitionCommit, Source, TopicPartition, in_processing_order,
+};
 
 /// The event-time columns the windowed queries use.
 pub(super) fn window_columns<S: Source>(p: &Pipeline<S>) -> Vec<String> {
@@ -134,20 +136,13 @@ impl<S: Source> Pipeline<S> {
                 && !revoked_now.contains(&tp)
                 && done.is_none_or(|n| m.offset >= n)
         };
-        let in_order = |w: &[Message]| {
-            (&w[0].topic, w[0].partition, w[0].offset) < (&w[1].topic, w[1].partition, w[1].offset)
-        };
+        let in_order = |w: &[Message]| w[0].position() < w[1].position();
         if messages.windows(2).all(in_order) && messages.iter().all(keep) {
             return Cow::Borrowed(messages);
         }
         let mut kept: Vec<Message> = messages.iter().filter(|m| keep(m)).cloned().collect();
         if !kept.windows(2).all(in_order) {
-            kept.sort_by(|a, b| {
-                (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset))
-            });
-            kept.dedup_by(|a, b| {
-                a.topic == b.topic && a.partition == b.partition && a.offset == b.offset
-            });
+            in_processing_order(&mut kept);
         }
         Cow::Owned(kept)
     }

@@ -26,7 +26,6 @@ struct Prepared {
     encode: Option<((i64, i64), Vec<DatasetOutput>)>,
     files: Vec<EncodedFile>,
     state: CommitState,
-    written: Vec<(String, u64)>,
 }
 
 impl<S: Source> Pipeline<S> {
@@ -229,7 +228,6 @@ impl<S: Source> Pipeline<S> {
                     })
                     .collect(),
             },
-            written: Vec::new(),
         }))
     }
 
@@ -243,10 +241,10 @@ impl<S: Source> Pipeline<S> {
                 o.windows = w;
             }
         }
-        for (dataset, n) in p.written {
-            self.metrics.rows("lake", &dataset, n);
-            if dataset != dead_letter::DATASET {
-                *self.summary.lake_rows.entry(dataset).or_default() += n;
+        for f in &p.files {
+            self.metrics.rows("lake", &f.dataset, f.rows as u64);
+            if f.dataset != dead_letter::DATASET {
+                *self.summary.lake_rows.entry(f.dataset.clone()).or_default() += f.rows as u64;
             }
         }
     }
@@ -260,11 +258,6 @@ fn encode_all(lake: &LakeSink, prepared: &mut [Prepared]) -> Result<(), Stop> {
             return Ok(());
         };
         p.files = lake.encode(&p.tp, p.state.topic_id.as_deref(), range, &outputs)?;
-        p.written = p
-            .files
-            .iter()
-            .map(|f| (f.dataset.clone(), f.rows as u64))
-            .collect();
         Ok(())
     }
     let half = prepared.len().div_ceil(2);

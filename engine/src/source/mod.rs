@@ -74,6 +74,17 @@ impl Message {
             partition: self.partition,
         }
     }
+
+    /// Where it is: (topic, partition, offset), the order a batch is processed in.
+    pub fn position(&self) -> (&str, i32, i64) {
+        (&self.topic, self.partition, self.offset)
+    }
+}
+
+/// Put `messages` in processing order (by topic, partition and offset), each offset once.
+pub fn in_processing_order(messages: &mut Vec<Message>) {
+    messages.sort_by(|a, b| a.position().cmp(&b.position()));
+    messages.dedup_by(|a, b| a.position() == b.position());
 }
 
 /// A message that could not go where it was meant to, with the reason and where it came from.
