@@ -28,6 +28,9 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 FEATURES=carflow/services,carflow-api/services
 GATE='#![cfg(feature = "services")]'
 
+step "room for the build (deploy/prune-target.sh)"
+deploy/prune-target.sh
+
 step "the build needs no curl headers and no cmake (deploy/check-build-deps.sh)"
 deploy/check-build-deps.sh "$FEATURES"
 
