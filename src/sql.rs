@@ -7,7 +7,6 @@ use anyhow::Context;
 use carflow_engine::catalog::register_lake;
 use carflow_engine::config::Config;
 use carflow_engine::storage::Location;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_cli::catalog::DynamicObjectStoreCatalog;
 use datafusion_cli::exec::{exec_from_commands, exec_from_files, exec_from_repl};
@@ -27,7 +26,7 @@ pub async fn lake_session(
     Vec<String>,
 )> {
     let registry = Arc::new(InstrumentedObjectStoreRegistry::new());
-    let runtime = RuntimeEnvBuilder::new()
+    let runtime = carflow_engine::catalog::lake_runtime()
         .with_object_store_registry(registry.clone())
         .build_arc()?;
     let config = SessionConfig::from_env()?.with_information_schema(true);
@@ -45,6 +44,20 @@ pub async fn lake_session(
         )
     })?;
     Ok((ctx, registry, found.into_iter().map(|d| d.name).collect()))
+}
+
+/// A query that listed files a merge then replaced (lake.compact_files) fails with "not found":
+/// say so, and that running it again is right.
+fn merged_away(e: datafusion::error::DataFusionError) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("part-") && (text.contains("not found") || text.contains("No such file")) {
+        anyhow::anyhow!(
+            "{text}\nA merge of small lake files (lake.compact_files) replaced files this query had \
+             listed; the lake is consistent and the query is right when run again."
+        )
+    } else {
+        anyhow::Error::from(e)
+    }
 }
 
 pub async fn run(global: &Global, args: SqlArgs) -> anyhow::Result<ExitCode> {
@@ -67,9 +80,13 @@ pub async fn run(global: &Global, args: SqlArgs) -> anyhow::Result<ExitCode> {
         instrumented_registry: registry,
     };
     if !args.command.is_empty() || !args.file.is_empty() {
-        exec_from_commands(&ctx, args.command, &print).await?;
+        exec_from_commands(&ctx, args.command, &print)
+            .await
+            .map_err(merged_away)?;
         let files = args.file.iter().map(|p| p.display().to_string()).collect();
-        exec_from_files(&ctx, files, &print).await?;
+        exec_from_files(&ctx, files, &print)
+            .await
+            .map_err(merged_away)?;
         return Ok(ExitCode::SUCCESS);
     }
     if tables.is_empty() {
@@ -86,4 +103,80 @@ pub async fn run(global: &Global, args: SqlArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn write(lake: &std::path::Path, name: &str, rows: i64) {
+        let dir = lake.join("cars/dt=2026-01-01");
+        std::fs::create_dir_all(&dir).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+        )
+        .unwrap();
+        let bytes = carflow_engine::sink::lake::encode_parquet(
+            &batch,
+            &parquet::file::properties::WriterProperties::default(),
+        )
+        .unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    async fn count(ctx: &datafusion::prelude::SessionContext) -> i64 {
+        let b = ctx
+            .sql("SELECT count(*) FROM cars")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        b[0].column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    }
+
+    /// A `carflow sql` session is long (the REPL): each query must see what was committed
+    /// before it, not the files of the session's first query.
+    #[tokio::test]
+    async fn a_long_session_sees_later_commits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lake = tmp.path().join("lake");
+        write(
+            &lake,
+            "part-t-0-00000000000000000000-00000000000000000009.parquet",
+            10,
+        );
+        let (ctx, _, tables) = super::lake_session(&lake.display().to_string())
+            .await
+            .unwrap();
+        assert_eq!(tables, ["cars"]);
+        assert_eq!(count(&ctx).await, 10);
+        write(
+            &lake,
+            "part-t-0-00000000000000000010-00000000000000000014.parquet",
+            5,
+        );
+        assert_eq!(count(&ctx).await, 15, "the second commit is seen");
+        // A merge of both: its sources are skipped as soon as it is listed, even when a reader
+        // (on HDFS) lists it before the sources are deleted.
+        write(
+            &lake,
+            "part-t-0-00000000000000000000-00000000000000000014.parquet",
+            15,
+        );
+        assert_eq!(
+            count(&ctx).await,
+            15,
+            "a merged file and its sources count once"
+        );
+    }
 }

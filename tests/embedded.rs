@@ -433,3 +433,188 @@ async fn an_influx_query_without_aggregation_writes_one_point_per_row() {
     let luxury = points.keys().filter(|k| k.0 == "luxury_sales").count() as i64;
     assert_eq!(luxury, want);
 }
+
+/// Rows counted by a reader: (all, distinct (partition, offset)).
+async fn counted(
+    ctx: &datafusion::prelude::SessionContext,
+) -> datafusion::error::Result<(i64, i64)> {
+    let batches = ctx
+        .sql("SELECT count(*), count(DISTINCT (_partition, _offset)) FROM cars")
+        .await?
+        .collect()
+        .await?;
+    let col = |i: usize| {
+        batches[0]
+            .column(i)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    Ok((col(0), col(1)))
+}
+
+/// A stock reader of the local lake (what datafusion-cli or DuckDB do): a listing table over
+/// `cars/` with its Hive column, knowing nothing of carflow's ledger or merges.
+async fn stock_reader(lake: &Path) -> Option<datafusion::prelude::SessionContext> {
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    let ctx = datafusion::prelude::SessionContext::new();
+    let url = ListingTableUrl::parse(format!("{}/cars/", lake.display())).ok()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![(
+            "dt".to_string(),
+            datafusion::arrow::datatypes::DataType::Utf8,
+        )]);
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await
+        .ok()?;
+    ctx.register_table("cars", Arc::new(ListingTable::try_new(config).ok()?))
+        .ok()?;
+    Some(ctx)
+}
+
+/// Each commit writes a file per directory and partition; with `lake.compact_files` the owner
+/// merges them while the pipeline runs. Two readers query the lake all along: a stock listing
+/// table (a fresh one each time, as a new datafusion-cli or DuckDB query would) and one long
+/// `carflow sql` session. Neither may ever count a row twice, or fewer rows than it counted
+/// before; a query may fail only with a file that a merge removed after the query listed it.
+/// At the end the lake is exact with few files per directory and partition, and so are the
+/// windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merging_small_files_while_readers_query_never_shows_a_row_twice_or_loses_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let n = 40_000;
+    let mut c = config(dir.path(), 400);
+    c.lake.compact_files = 4;
+    c.lake.compact_interval = carflow_engine::config::HumanDuration(std::time::Duration::ZERO);
+    let lake = dir.path().join("lake");
+    let done = Arc::new(AtomicBool::new(false));
+    let readers = {
+        let (lake, done) = (lake.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let carflow = datafusion::prelude::SessionContext::new_with_config_rt(
+                datafusion::prelude::SessionConfig::new(),
+                carflow_engine::catalog::lake_runtime().build_arc().unwrap(),
+            );
+            let location =
+                carflow_engine::storage::Location::open(&lake.display().to_string()).unwrap();
+            let (mut stock_last, mut carflow_last, mut reads, mut gone) = (0i64, 0i64, 0u64, 0u64);
+            let mut registered = false;
+            while !done.load(Ordering::Relaxed) {
+                if let Some(ctx) = stock_reader(&lake).await {
+                    match counted(&ctx).await {
+                        Ok((all, distinct)) => {
+                            assert_eq!(all, distinct, "a stock reader counted rows twice");
+                            assert!(
+                                all >= stock_last,
+                                "a stock reader lost rows: {all} after {stock_last}"
+                            );
+                            stock_last = all;
+                            reads += 1;
+                        }
+                        Err(e)
+                            if e.to_string().contains("not found")
+                                || e.to_string().contains("No such file") =>
+                        {
+                            gone += 1
+                        }
+                        Err(e) => panic!("stock reader: {e}"),
+                    }
+                }
+                if !registered {
+                    registered = carflow_engine::catalog::register_lake(&carflow, &location)
+                        .await
+                        .is_ok_and(|found| found.iter().any(|d| d.name == "cars"));
+                }
+                if registered {
+                    match counted(&carflow).await {
+                        Ok((all, distinct)) => {
+                            assert_eq!(all, distinct, "carflow's reader counted rows twice");
+                            assert!(
+                                all >= carflow_last,
+                                "carflow's reader lost rows: {all} after {carflow_last}"
+                            );
+                            carflow_last = all;
+                            reads += 1;
+                        }
+                        Err(e)
+                            if e.to_string().contains("not found")
+                                || e.to_string().contains("No such file") =>
+                        {
+                            gone += 1
+                        }
+                        Err(e) => panic!("carflow reader: {e}"),
+                    }
+                }
+            }
+            // The same long session, once everything is committed.
+            let end = counted(&carflow).await.unwrap();
+            (reads, gone, carflow_last, end)
+        })
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Pipeline::from_config(
+        MemorySource::new(messages(11, n, &[])),
+        &c,
+        "test",
+        Arc::clone(&metrics),
+        Arc::new(Health::default()),
+    )
+    .await
+    .unwrap();
+    p.run(&CancellationToken::new()).await.unwrap();
+    done.store(true, Ordering::Relaxed);
+    let (reads, gone, carflow_last, end) = readers.await.unwrap();
+    eprintln!("{reads} reads while merging, {gone} failed on a merged-away file");
+    assert!(
+        reads > 10,
+        "the readers ran during the merges ({reads} reads)"
+    );
+    let merges = metrics.lake_merges.get();
+    assert!(merges > 10, "small files were merged ({merges} merges)");
+    // One long carflow session saw every later commit (a cached listing would have kept the
+    // files of its first query).
+    assert!(carflow_last > 0);
+    assert_eq!(
+        end,
+        (n as i64, n as i64),
+        "a long carflow session sees the whole lake"
+    );
+    let ctx = lake_context(&lake.display().to_string()).await;
+    assert_lake_exact(&ctx, n as i64).await;
+    // Few files per directory and partition: the newest run (under 4) plus one per size tier.
+    let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut files = 0;
+    for day in std::fs::read_dir(lake.join("cars")).unwrap() {
+        let day = day.unwrap().path();
+        for f in std::fs::read_dir(&day).unwrap() {
+            let name = f.unwrap().file_name().to_string_lossy().into_owned();
+            let part = carflow_engine::sink::compact::parse_part_name(&name).unwrap();
+            *per.entry(format!("{}/{}", day.display(), part.prefix))
+                .or_default() += 1;
+            files += 1;
+        }
+    }
+    let most = per.values().max().copied().unwrap_or(0);
+    assert!(
+        most <= 3 + 8,
+        "at most the newest run plus a file per size tier: {per:?}"
+    );
+    eprintln!(
+        "{files} files in {} (directory, partition) pairs, at most {most}",
+        per.len()
+    );
+    assert!(
+        lake.join("_carflow/swap")
+            .read_dir()
+            .map_or(true, |mut d| d.next().is_none())
+    );
+    check_lake_and_points(dir.path(), n as i64).await;
+}

@@ -7,20 +7,33 @@
 //!
 //! Before listing, the latest commit of every partition is rolled forward (a writer that died
 //! between its commit point and its renames leaves its files staged; see [`crate::ledger`]), so
-//! readers see exactly the committed data. `dead_letters` is always a table, empty when nothing
-//! went wrong.
+//! readers see exactly the committed data. Every listing skips the sources of a merge whose
+//! merged file is already there ([`SkipCovered`]; see [`crate::sink::compact`]), and nothing is
+//! cached between queries ([`lake_runtime`]). `dead_letters` is always a table, empty when
+//! nothing went wrong.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
+use async_trait::async_trait;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 
 use crate::storage::Location;
 
@@ -82,9 +95,150 @@ async fn partition_columns(store: &dyn ObjectStore, dir: &Path) -> Result<Vec<St
     }
 }
 
-/// Register every dataset of the lake as a table of `ctx` (and the lake's store, for HDFS).
+/// A runtime for sessions that read the lake: DataFusion caches a table's file listing for the
+/// whole session by default, which would hide every later commit from a long `carflow sql`
+/// session (and, after a merge, name files that are gone). Listings are not cached here.
+pub fn lake_runtime() -> RuntimeEnvBuilder {
+    RuntimeEnvBuilder::new()
+        .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+}
+
+/// An object store whose listings leave out the files a visible merged file covers (the sources
+/// of a merge on HDFS, between the merged file's rename and their deletion).
+#[derive(Debug)]
+pub struct SkipCovered {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl SkipCovered {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self { inner }
+    }
+}
+
+impl fmt::Display for SkipCovered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SkipCovered({})", self.inner)
+    }
+}
+
+/// `objects` without those a merged file in the same directory covers.
+fn without_covered(objects: Vec<ObjectMeta>) -> Vec<ObjectMeta> {
+    let mut by_dir: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+    for (i, o) in objects.iter().enumerate() {
+        let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
+        let dir = parts[..parts.len().saturating_sub(1)].to_vec();
+        by_dir.entry(dir).or_default().push(i);
+    }
+    let mut skip = vec![false; objects.len()];
+    for idx in by_dir.values() {
+        let names: Vec<&str> = idx
+            .iter()
+            .map(|&i| objects[i].location.filename().unwrap_or_default())
+            .collect();
+        let covered = crate::sink::compact::covered(names.iter().copied());
+        if covered.is_empty() {
+            continue;
+        }
+        for (&i, n) in idx.iter().zip(&names) {
+            skip[i] = covered.contains(n);
+        }
+    }
+    objects
+        .into_iter()
+        .zip(skip)
+        .filter_map(|(o, s)| (!s).then_some(o))
+        .collect()
+}
+
+#[async_trait]
+impl ObjectStore for SkipCovered {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let all = self.inner.list(prefix);
+        futures::stream::once(async move {
+            let objects: Vec<ObjectMeta> = all.try_collect().await?;
+            Ok::<_, object_store::Error>(futures::stream::iter(
+                without_covered(objects).into_iter().map(Ok),
+            ))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let mut l = self.inner.list_with_delimiter(prefix).await?;
+        l.objects = without_covered(std::mem::take(&mut l.objects));
+        Ok(l)
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+/// Register every dataset of the lake as a table of `ctx` (and the lake's store, for HDFS),
+/// listed through [`SkipCovered`]. Build `ctx` on [`lake_runtime`], or a long session keeps
+/// the listings of its first query.
 pub async fn register_lake(ctx: &SessionContext, location: &Location) -> Result<Vec<Dataset>> {
-    ctx.register_object_store(&location.store_url, Arc::clone(&location.store));
+    ctx.register_object_store(
+        &location.store_url,
+        Arc::new(SkipCovered::new(Arc::clone(&location.store))),
+    );
     let ledger = crate::ledger::OffsetLedger::new(location.clone(), "reader");
     if let Err(e) = ledger.roll_forward_all().await {
         tracing::warn!(error = %e, "cannot finish an interrupted commit; the lake may show less than is committed");

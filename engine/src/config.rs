@@ -403,6 +403,16 @@ pub struct LakeConfig {
     /// The dataset that keeps every transaction with its origin columns (`SELECT * … FROM
     /// transactions`): history for backfills, reconciles and new windowed queries. Default `cars`.
     pub raw_dataset: String,
+    /// Merge a Kafka partition's small files in a lake directory into one once it has this many
+    /// (each commit writes one file per dataset, directory and partition; merges keep a day's
+    /// directory at tens of files instead of thousands). 0 turns merging off. Default 16.
+    pub compact_files: usize,
+    /// A merged file stays below this many bytes. Default 67108864 (64 MiB).
+    pub compact_bytes: u64,
+    /// Merges come in rounds, at most one this often: a query running while a merge replaces
+    /// files it listed fails with "not found" (and is right when run again), so merges are kept
+    /// to one short moment a round. Default `60s`.
+    pub compact_interval: HumanDuration,
 }
 
 impl Default for LakeConfig {
@@ -412,6 +422,9 @@ impl Default for LakeConfig {
             on_new_topic: OnNewTopic::Refuse,
             timeout: HumanDuration(Duration::from_secs(20)),
             raw_dataset: "cars".into(),
+            compact_files: 16,
+            compact_bytes: 64 << 20,
+            compact_interval: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -755,6 +768,18 @@ impl Config {
         }
         if self.lake.timeout.0 < Duration::from_secs(1) {
             bad("lake.timeout", "must be at least 1s (default 20s)".into());
+        }
+        if self.lake.compact_files == 1 {
+            bad(
+                "lake.compact_files",
+                "is 1, which would merge a file with itself; use 0 (no merging) or 2 and up (default 16)".into(),
+            );
+        }
+        if self.lake.compact_files > 1 && self.lake.compact_bytes < 1 << 20 {
+            bad(
+                "lake.compact_bytes",
+                "must be at least 1048576 (1 MiB) when lake.compact_files merges (default 67108864)".into(),
+            );
         }
         if self.windows.max_rows == 0 {
             bad(

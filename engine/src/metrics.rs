@@ -83,6 +83,10 @@ pub struct Metrics {
     pub query_errors: Counter,
     /// Transforms running.
     pub transforms: Gauge,
+    /// Merges of small lake files committed (compaction).
+    pub lake_merges: Counter,
+    /// Small lake files those merges replaced.
+    pub lake_files_merged: Counter,
     /// Seconds spent in each step of the batch loop (where the time goes).
     pub step_seconds: Family<StepLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -117,9 +121,21 @@ impl Metrics {
             rows_after_close: Counter::default(),
             query_errors: Counter::default(),
             transforms: Gauge::default(),
+            lake_merges: Counter::default(),
+            lake_files_merged: Counter::default(),
             step_seconds: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "lake_merges",
+            "Merges of a partition's small lake files into one, committed (lake.compact_files)",
+            m.lake_merges.clone(),
+        );
+        registry.register(
+            "lake_files_merged",
+            "Small lake files replaced by those merges",
+            m.lake_files_merged.clone(),
+        );
         registry.register(
             "records_in",
             "Messages consumed from the source",

@@ -38,6 +38,7 @@ use crate::storage::Location;
 
 pub mod backfill;
 pub mod coverage;
+pub mod local;
 
 pub use coverage::Coverage;
 
@@ -101,6 +102,19 @@ pub struct FileMove {
     pub visible: String,
 }
 
+/// A merge of a partition's small files in one directory, committed with a ledger entry: once
+/// the entry is published, `file` becomes visible and the files it `replaces` go (see
+/// [`crate::sink::compact`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    /// The merged file: staged, and where it becomes visible.
+    pub file: FileMove,
+    /// Names of the merged files, in the directory of `file.visible`.
+    pub replaces: Vec<String>,
+    /// Rows in the merged file.
+    pub rows: u64,
+}
+
 /// The partial aggregates of one windowed query's open windows, as committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowBlob {
@@ -146,6 +160,9 @@ pub struct LedgerEntry {
     /// Which offsets each lake dataset holds (absent in entries of an older carflow).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<Coverage>,
+    /// Merges of small files committed with this entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compactions: Vec<Compaction>,
 }
 
 /// The ledger state of one partition, as its owner sees it.
@@ -334,7 +351,7 @@ impl OffsetLedger {
     ) -> Result<(PartitionLedger, Option<LedgerEntry>), LedgerError> {
         let latest = self.latest(tp).await?;
         if let Some(entry) = &latest {
-            self.finish_moves(&entry.files).await?;
+            self.finish_entry(entry).await?;
         }
         let seq = latest.as_ref().map_or(0, |e| e.seq);
         self.remove_orphans(tp, seq).await?;
@@ -360,17 +377,19 @@ impl OffsetLedger {
         files: Vec<FileMove>,
         state: CommitState,
     ) -> Result<(), LedgerError> {
-        let entry = self.next_entry(ledger, next_offset, files, state)?;
+        let entry = self.next_entry(ledger, next_offset, files, Vec::new(), state)?;
         self.stage_entry(&entry).await?;
         self.publish(ledger, entry).await
     }
 
-    /// The entry that commits `files` as the next step of `ledger` (not written yet).
+    /// The entry that commits `files` (and the merges `compactions`) as the next step of
+    /// `ledger` (not written yet).
     pub fn next_entry(
         &self,
         ledger: &PartitionLedger,
         next_offset: i64,
         files: Vec<FileMove>,
+        compactions: Vec<Compaction>,
         state: CommitState,
     ) -> Result<StagedEntry, LedgerError> {
         let seq = ledger.seq + 1;
@@ -389,6 +408,7 @@ impl OffsetLedger {
                 ledger.next_offset,
                 &state.datasets,
             )),
+            compactions,
         };
         let path = self.entry_path(&ledger.tp, seq);
         let body = serde_json::to_vec(&entry).map_err(|source| LedgerError::Corrupt {
@@ -461,7 +481,7 @@ impl OffsetLedger {
         ledger.next_offset = e.entry.next_offset;
         ledger.topic_id = e.entry.topic_id.clone();
         ledger.coverage = e.entry.coverage.clone();
-        self.finish_moves(&e.entry.files).await?;
+        self.finish_entry(&e.entry).await?;
         self.remove_dir_chain(&e.dir, &ledger.tp).await;
         if ledger.sweep_after_commit {
             ledger.sweep_after_commit = false;
@@ -544,8 +564,91 @@ impl OffsetLedger {
         }
     }
 
+    /// Make an entry's files visible and finish its merges.
+    async fn finish_entry(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        self.finish_moves(&entry.files).await?;
+        self.finish_compactions(&entry.compactions).await
+    }
+
+    /// The local file system path of a store path (local lakes only).
+    fn local_path(&self, p: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from("/").join(p)
+    }
+
+    /// Make merged files visible and remove their sources; what is done already is skipped. On
+    /// a local lake each merge is one atomic exchange of its directory; elsewhere the merged file
+    /// is renamed in first, then the sources deleted (readers skip covered files meanwhile).
+    pub(crate) async fn finish_compactions(&self, all: &[Compaction]) -> Result<(), LedgerError> {
+        for c in all {
+            if self.location.local {
+                let root = self.local_path(self.location.prefix.as_ref());
+                let (staged, visible) = (
+                    self.local_path(&c.file.staged),
+                    self.local_path(&c.file.visible),
+                );
+                let replaces = c.replaces.clone();
+                tokio::task::spawn_blocking(move || {
+                    local::swap_in(&root, &staged, &visible, &replaces)
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(|e| LedgerError::Store {
+                    path: c.file.visible.clone(),
+                    source: object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    },
+                })?;
+                continue;
+            }
+            self.finish_moves(std::slice::from_ref(&c.file)).await?;
+            let visible = Path::from(c.file.visible.as_str());
+            let dir: Vec<_> = visible.parts().collect();
+            let dir = Path::from_iter(dir[..dir.len().saturating_sub(1)].iter().cloned());
+            let deletes = c.replaces.iter().map(|name| {
+                let path = dir.clone().join(name.as_str());
+                async move {
+                    match self.store().delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        // Stores report a missing file differently: look at it.
+                        Err(e) if self.store().head(&path).await.is_ok() => {
+                            Err(store_err(&path)(e))
+                        }
+                        Err(_) => Ok(()),
+                    }
+                }
+            });
+            futures::future::try_join_all(deletes).await?;
+        }
+        Ok(())
+    }
+
     /// Rename staged files to their visible names; a move already done is skipped.
     pub(crate) async fn finish_moves(&self, files: &[FileMove]) -> Result<(), LedgerError> {
+        if self.location.local {
+            let root = self.local_path(self.location.prefix.as_ref());
+            let moves: Vec<(std::path::PathBuf, std::path::PathBuf)> = files
+                .iter()
+                .map(|f| (self.local_path(&f.staged), self.local_path(&f.visible)))
+                .collect();
+            let first = files.first().map(|f| f.staged.clone()).unwrap_or_default();
+            return tokio::task::spawn_blocking(move || {
+                moves
+                    .iter()
+                    .try_for_each(|(from, to)| local::rename_locked(&root, from, to))
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| LedgerError::Store {
+                path: first,
+                source: object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                },
+            });
+        }
         let moves = files.iter().map(|f| async move {
             let (from, to) = (
                 Path::from(f.staged.as_str()),
@@ -626,6 +729,10 @@ impl OffsetLedger {
                     tracing::info!(partition = %tp, files = missing.len(), "finishing a commit whose writer stopped before its renames");
                     self.finish_moves(&missing).await?;
                     moved += missing.len();
+                }
+                if !entry.compactions.is_empty() {
+                    // Idempotent, and cheap when done: each merge is checked by its files.
+                    self.finish_compactions(&entry.compactions).await?;
                 }
             }
         }

@@ -323,3 +323,50 @@ async fn coverage_is_carried_by_every_entry() {
     assert_eq!(c.runs("cars", 110), vec![(0, 110)]);
     assert_eq!(c.runs("x", 110), vec![(10, 100)]);
 }
+
+/// A merge committed with an entry whose writer died at the commit point (entry in place,
+/// nothing renamed): the next owner's load, or a reader, shows the merged file and removes its
+/// sources, once; before that the sources are what is visible.
+#[tokio::test]
+async fn a_merge_whose_writer_died_at_the_commit_point_is_finished_by_the_next_load_or_a_reader() {
+    for by_reader in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger(tmp.path(), "a");
+        let (mut p, _) = l.load(&tp()).await.unwrap();
+        let a = stage(&l, 1, "a.parquet").await;
+        let b = stage(&l, 1, "b.parquet").await;
+        l.commit(&mut p, 10, vec![a.clone(), b.clone()], CommitState::default())
+            .await
+            .unwrap();
+        // Step 2 merges a and b into ab, and its writer dies right after the commit point.
+        let merged = stage(&l, 2, "ab.parquet").await;
+        let c = Compaction {
+            file: merged.clone(),
+            replaces: vec!["a.parquet".into(), "b.parquet".into()],
+            rows: 2,
+        };
+        let e = l
+            .next_entry(&p, 10, Vec::new(), vec![c], CommitState::default())
+            .unwrap();
+        l.stage_entry(&e).await.unwrap();
+        l.store().rename_if_not_exists(&e.staged, &e.path).await.unwrap();
+        assert!(exists(&l, &a.visible).await && exists(&l, &b.visible).await);
+        assert!(!exists(&l, &merged.visible).await);
+        if by_reader {
+            l.roll_forward_all().await.unwrap();
+        } else {
+            let (p2, entry) = ledger(tmp.path(), "b").load(&tp()).await.unwrap();
+            assert_eq!((p2.seq, entry.unwrap().compactions.len()), (2, 1));
+        }
+        assert!(exists(&l, &merged.visible).await, "the merged file is visible");
+        assert!(
+            !exists(&l, &a.visible).await && !exists(&l, &b.visible).await,
+            "its sources are gone"
+        );
+        // Finishing again changes nothing.
+        l.roll_forward_all().await.unwrap();
+        assert!(exists(&l, &merged.visible).await);
+        let dir = tmp.path().join("cars/dt=2026-11-27");
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1);
+    }
+}

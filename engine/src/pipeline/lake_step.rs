@@ -12,7 +12,7 @@ use super::{Pipeline, PipelineError, Stop};
 use crate::ledger::{CommitState, LedgerError, PartitionLedger, Progress};
 use crate::retry::{RetryError, Transient, retry_reporting};
 use crate::sink::dead_letter;
-use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError, LakeSink};
+use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError, LakeSink, MergedFile};
 use crate::source::{Source, TopicPartition};
 use crate::transform::isolate::run_isolating;
 use crate::transform::{Target, Transform};
@@ -25,6 +25,10 @@ struct Prepared {
     /// What to encode: the offsets covered and every dataset's output.
     encode: Option<((i64, i64), Vec<DatasetOutput>)>,
     files: Vec<EncodedFile>,
+    /// Merges of the partition's small files, committed with it.
+    merges: Vec<MergedFile>,
+    /// The ownership it was prepared under.
+    epoch: u64,
     state: CommitState,
 }
 
@@ -93,7 +97,8 @@ impl<S: Source> Pipeline<S> {
     ) -> Result<Vec<TopicPartition>, Stop> {
         let mut prepared = Vec::new();
         for part in parts.iter_mut() {
-            if let Some(p) = self.prepare(part)? {
+            if let Some(mut p) = self.prepare(part)? {
+                p.merges = self.compactor.take_ready(&p.tp, p.epoch);
                 prepared.push(p);
             }
         }
@@ -120,13 +125,17 @@ impl<S: Source> Pipeline<S> {
                         }
                     },
                     || {
-                        let (mut ledger, files, state) =
-                            (pr.ledger.clone(), pr.files.clone(), pr.state.clone());
+                        let (mut ledger, files, merges, state) = (
+                            pr.ledger.clone(),
+                            pr.files.clone(),
+                            pr.merges.clone(),
+                            pr.state.clone(),
+                        );
                         let (tp, next_offset) = (pr.tp.clone(), pr.next_offset);
                         async move {
                             match tokio::time::timeout(
                                 timeout,
-                                lake.commit(&mut ledger, next_offset, files, state),
+                                lake.commit(&mut ledger, next_offset, files, merges, state),
                             )
                             .await
                             {
@@ -155,11 +164,12 @@ impl<S: Source> Pipeline<S> {
         self.metrics.step("lake_commit", at);
         let mut fenced = Vec::new();
         let mut failed = None;
+        let merge_round = self.compactor.round_due();
         for (p, result) in results {
             match result {
                 Ok(ledger) => {
                     self.health.set("lake", None);
-                    self.apply(p, ledger, parts);
+                    self.apply(p, ledger, parts, merge_round);
                 }
                 Err(RetryError::Permanent(LakeError::Ledger(LedgerError::Fenced { .. }))) => {
                     fenced.push(p.tp);
@@ -214,6 +224,8 @@ impl<S: Source> Pipeline<S> {
             ledger: owned.ledger.clone(),
             encode: Some(((first, part.range.1), outputs)),
             files: Vec::new(),
+            merges: Vec::new(),
+            epoch: owned.epoch,
             state: CommitState {
                 topic_id: owned.ledger.topic_id.clone(),
                 progress,
@@ -232,7 +244,13 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// Record a partition's successful commit.
-    fn apply(&mut self, p: Prepared, ledger: PartitionLedger, parts: &mut [PartBatch]) {
+    fn apply(
+        &mut self,
+        p: Prepared,
+        ledger: PartitionLedger,
+        parts: &mut [PartBatch],
+        merge_round: bool,
+    ) {
         let part = parts.iter_mut().find(|x| x.tp == p.tp);
         if let Some(o) = self.book.owned.get_mut(&p.tp) {
             o.ledger = ledger;
@@ -247,6 +265,33 @@ impl<S: Source> Pipeline<S> {
                 *self.summary.lake_rows.entry(f.dataset.clone()).or_default() += f.rows as u64;
             }
         }
+        for m in &p.merges {
+            tracing::debug!(partition = %p.tp, dataset = %m.dataset, file = %m.relative,
+                files = m.replaces.len(), rows = m.rows, "merged small lake files");
+            self.metrics.lake_merges.inc();
+            self.metrics
+                .lake_files_merged
+                .inc_by(m.replaces.len() as u64);
+        }
+        if !merge_round {
+            return;
+        }
+        // Where this commit wrote, its small files may be many enough to merge now.
+        let dirs = p
+            .files
+            .iter()
+            .map(|f| {
+                let dir = f.relative.rsplit_once('/').map_or("", |(d, _)| d);
+                (f.dataset.clone(), dir.to_string())
+            })
+            .collect();
+        self.compactor.after_commit(
+            &self.sinks.lake,
+            &p.tp,
+            p.state.topic_id.as_deref(),
+            p.epoch,
+            dirs,
+        );
     }
 }
 

@@ -33,6 +33,7 @@ macro_rules! reading_ahead {
 }
 
 mod batch;
+mod compaction;
 mod gate;
 mod lake_step;
 mod part;
@@ -62,6 +63,7 @@ use crate::source::{Source, SourceError, SourceEvent, TopicPartition, TopicView}
 use crate::transform::QueryError;
 use crate::windows::state::{PartitionWindows, QueryState};
 use crate::windows::watermark::TopicClock;
+pub use compaction::CompactOptions;
 pub use gate::{DatasetShape, Records};
 use partitions::{Observed, Owned};
 pub use queries::Queries;
@@ -164,6 +166,8 @@ pub struct PipelineOptions {
     pub engine_id: String,
     /// Write the engine's own per-batch metrics to the Influx sink.
     pub engine_metrics: bool,
+    /// When to merge small lake files.
+    pub compact: CompactOptions,
 }
 
 impl PipelineOptions {
@@ -184,6 +188,11 @@ impl PipelineOptions {
             raw_dataset: c.lake.raw_dataset.clone(),
             engine_id: engine_id.into(),
             engine_metrics: true,
+            compact: CompactOptions {
+                min_files: c.lake.compact_files,
+                max_bytes: c.lake.compact_bytes,
+                interval: c.lake.compact_interval.0,
+            },
         }
     }
 }
@@ -308,6 +317,8 @@ pub struct Pipeline<S: Source> {
     unfinished: Vec<batch::Done>,
     /// Windowed queries whose open windows owned partitions must fill from the lake.
     to_seed: BTreeMap<String, Vec<TopicPartition>>,
+    /// Merges of small lake files in progress.
+    compactor: compaction::Compactor,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     summary: RunSummary,
@@ -324,6 +335,7 @@ impl<S: Source> Pipeline<S> {
     ) -> Result<Self, PipelineError> {
         let queries = Queries::load(&options, sinks.lake.location(), &metrics, &health).await?;
         let clock = TopicClock::new(options.lateness, options.idle_timeout);
+        let compactor = compaction::Compactor::new(options.compact);
         Ok(Self {
             source,
             options,
@@ -340,6 +352,7 @@ impl<S: Source> Pipeline<S> {
             pending_points: None,
             unfinished: Vec::new(),
             to_seed: BTreeMap::new(),
+            compactor,
             metrics,
             health,
             summary: RunSummary::default(),
@@ -544,6 +557,7 @@ impl<S: Source> Pipeline<S> {
                     for tp in tps {
                         tracing::info!(partition = %tp, "partition revoked");
                         self.book.owned.remove(&tp);
+                        self.compactor.forget(&tp);
                         self.health.forget(&tp.topic, tp.partition);
                         self.book.revoked.insert(tp.clone());
                         revoked_now.insert(tp);
@@ -655,6 +669,7 @@ impl<S: Source> Pipeline<S> {
                 progress,
                 windows,
                 next_processed: None,
+                epoch: Owned::next_epoch(),
             },
         );
         // Is it still the topic the ledger recorded?

@@ -27,9 +27,18 @@ pub struct Owned {
     pub windows: PartitionWindows,
     /// The next offset this ownership has processed (re-deliveries below it are dropped).
     pub next_processed: Option<i64>,
+    /// Which ownership this is: a new one for every load (work begun for an earlier ownership,
+    /// like a merge of its files, is not used by a later one).
+    pub epoch: u64,
 }
 
 impl Owned {
+    /// A number no earlier ownership of this process had.
+    pub fn next_epoch() -> u64 {
+        static EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Its progress in the watermark's terms.
     pub fn progress_view(&self) -> PartitionProgress {
         PartitionProgress {

@@ -27,7 +27,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use crate::ledger::{
-    CommitState, FileMove, LedgerError, OffsetLedger, PartitionLedger, safe_segment,
+    CommitState, Compaction, FileMove, LedgerError, OffsetLedger, PartitionLedger,
 };
 use crate::source::TopicPartition;
 use crate::storage::Location;
@@ -83,6 +83,22 @@ pub struct EncodedFile {
     pub bytes: Bytes,
 }
 
+/// A merge of a partition's small files in one directory, encoded and waiting to be committed
+/// (see [`crate::sink::compact`]).
+#[derive(Debug, Clone)]
+pub struct MergedFile {
+    /// Dataset it belongs to.
+    pub dataset: String,
+    /// Path relative to the dataset directory of the merged file.
+    pub relative: String,
+    /// Names of the files it replaces, in the same directory.
+    pub replaces: Vec<String>,
+    /// Rows in it.
+    pub rows: usize,
+    /// The Parquet bytes.
+    pub bytes: Bytes,
+}
+
 /// Writes datasets under one lake root.
 #[derive(Debug, Clone)]
 pub struct LakeSink {
@@ -115,6 +131,11 @@ impl LakeSink {
         &self.location
     }
 
+    /// How files are written (merged files are written the same way).
+    pub fn props(&self) -> &WriterProperties {
+        &self.props
+    }
+
     /// Encode `outputs` of one Kafka partition covering offsets `first..=last` into files.
     pub fn encode(
         &self,
@@ -123,14 +144,8 @@ impl LakeSink {
         (first, last): (i64, i64),
         outputs: &[DatasetOutput],
     ) -> Result<Vec<EncodedFile>, LakeError> {
-        let id = topic_id
-            .map(|id| format!("-{}", safe_segment(&id.chars().take(8).collect::<String>())))
-            .unwrap_or_default();
-        let name = format!(
-            "part-{}{id}-{}-{first:020}-{last:020}.parquet",
-            safe_segment(&tp.topic),
-            tp.partition
-        );
+        let prefix = crate::sink::compact::part_prefix(&tp.topic, topic_id, tp.partition);
+        let name = crate::sink::compact::part_file_name(&prefix, first, last);
         let mut files = Vec::new();
         for out in outputs {
             let err = |message: String| LakeError::Encode {
@@ -158,7 +173,8 @@ impl LakeSink {
         Ok(files)
     }
 
-    /// Stage `files` and commit them with the ledger entry `next_offset` for this partition.
+    /// Stage `files` (and the merged files of `merges`) and commit them with the ledger entry
+    /// `next_offset` for this partition.
     ///
     /// The files and the ledger entry are staged concurrently: on HDFS each file's close waits
     /// for the datanode to report the block (hdfs-native retries `complete` after 500 ms), so one
@@ -169,6 +185,7 @@ impl LakeSink {
         ledger: &mut PartitionLedger,
         next_offset: i64,
         files: Vec<EncodedFile>,
+        merges: Vec<MergedFile>,
         state: CommitState,
     ) -> Result<(), LakeError> {
         let staging = self.ledger.staging_dir(&ledger.tp, ledger.seq + 1);
@@ -180,20 +197,38 @@ impl LakeSink {
                 visible: self.location.path(&[&f.dataset, &f.relative]).to_string(),
             })
             .collect::<Vec<_>>();
-        let puts = files.into_iter().zip(&moves).map(|(f, m)| async move {
+        let compactions: Vec<Compaction> = merges
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Compaction {
+                file: FileMove {
+                    staged: staging.clone().join(format!("c{i:05}.parquet")).to_string(),
+                    visible: self.location.path(&[&m.dataset, &m.relative]).to_string(),
+                },
+                replaces: m.replaces.clone(),
+                rows: m.rows as u64,
+            })
+            .collect();
+        let merged_moves: Vec<FileMove> = compactions.iter().map(|c| c.file.clone()).collect();
+        let staged_files = files
+            .into_iter()
+            .map(|f| f.bytes)
+            .zip(&moves)
+            .chain(merges.into_iter().map(|m| m.bytes).zip(&merged_moves));
+        let puts = staged_files.map(|(bytes, m)| async move {
             let staged = Path::from(m.staged.as_str());
             self.location
                 .store
-                .put(&staged, PutPayload::from(f.bytes))
+                .put(&staged, PutPayload::from(bytes))
                 .await
                 .map_err(|source| LakeError::Store {
                     path: m.staged.clone(),
                     source,
                 })
         });
-        let entry = self
-            .ledger
-            .next_entry(ledger, next_offset, moves.clone(), state)?;
+        let entry =
+            self.ledger
+                .next_entry(ledger, next_offset, moves.clone(), compactions, state)?;
         let stage_entry = async {
             self.ledger
                 .stage_entry(&entry)
