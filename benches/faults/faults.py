@@ -927,6 +927,8 @@ class Run:
             "CARFLOW_REFERENCE_DIR": str(self.repo / "reference"),
             "CARFLOW_BATCH_MAX_ROWS": str(a.batch_rows),
             "CARFLOW_BATCH_LINGER": a.batch_linger,
+            "CARFLOW_LAKE_COMPACT_FILES": str(a.compact_files),
+            "CARFLOW_LAKE_COMPACT_INTERVAL": a.compact_interval,
             "CARFLOW_LOG": os.environ.get("CARFLOW_FAULTS_ENGINE_LOG", "info"),
         })
         self.engine_env = env
@@ -1504,6 +1506,8 @@ class Run:
             "engines": len(self.engines),
             "batch_max_rows": a.batch_rows,
             "batch_linger": a.batch_linger,
+            "compact_files": a.compact_files,
+            "compact_interval": a.compact_interval,
             "carflow": str(a.carflow),
             "harness_git": rev,
             "carflow_sha256": h.hexdigest()[:16],
@@ -1619,6 +1623,9 @@ def main() -> int:
     ap.add_argument("--engines", type=int, default=2, choices=[1, 2, 3, 4])
     ap.add_argument("--batch-rows", type=int, default=20000)
     ap.add_argument("--batch-linger", default="500ms")
+    ap.add_argument("--compact-files", type=int, default=8,
+                    help="lake.compact_files of the engines: merges of small files happen under the faults (default 8)")
+    ap.add_argument("--compact-interval", default="10s", help="lake.compact_interval of the engines (default 10s)")
     ap.add_argument("--drain-timeout", type=float, help="seconds the engines get to finish after producing "
                                                         "(default 1200, --short 600)")
     ap.add_argument("--stall-timeout", type=float, default=240.0,
