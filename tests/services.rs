@@ -600,7 +600,10 @@ async fn merges_of_small_files_survive_kill_9_and_a_reader_stays_exact() {
     };
     let (mut engine, (reads, gone)) = tokio::join!(work, reader);
     eprintln!("{reads} reads while merging, {gone} failed on a merged-away file");
-    assert!(reads > 5, "the reader ran during the merges ({reads} reads)");
+    assert!(
+        reads > 5,
+        "the reader ran during the merges ({reads} reads)"
+    );
     engine.stop();
     let mut per: std::collections::BTreeMap<String, usize> = Default::default();
     for f in s.lake.children("cars").await {

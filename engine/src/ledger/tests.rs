@@ -335,9 +335,14 @@ async fn a_merge_whose_writer_died_at_the_commit_point_is_finished_by_the_next_l
         let (mut p, _) = l.load(&tp()).await.unwrap();
         let a = stage(&l, 1, "a.parquet").await;
         let b = stage(&l, 1, "b.parquet").await;
-        l.commit(&mut p, 10, vec![a.clone(), b.clone()], CommitState::default())
-            .await
-            .unwrap();
+        l.commit(
+            &mut p,
+            10,
+            vec![a.clone(), b.clone()],
+            CommitState::default(),
+        )
+        .await
+        .unwrap();
         // Step 2 merges a and b into ab, and its writer dies right after the commit point.
         let merged = stage(&l, 2, "ab.parquet").await;
         let c = Compaction {
@@ -349,7 +354,10 @@ async fn a_merge_whose_writer_died_at_the_commit_point_is_finished_by_the_next_l
             .next_entry(&p, 10, Vec::new(), vec![c], CommitState::default())
             .unwrap();
         l.stage_entry(&e).await.unwrap();
-        l.store().rename_if_not_exists(&e.staged, &e.path).await.unwrap();
+        l.store()
+            .rename_if_not_exists(&e.staged, &e.path)
+            .await
+            .unwrap();
         assert!(exists(&l, &a.visible).await && exists(&l, &b.visible).await);
         assert!(!exists(&l, &merged.visible).await);
         if by_reader {
@@ -358,7 +366,10 @@ async fn a_merge_whose_writer_died_at_the_commit_point_is_finished_by_the_next_l
             let (p2, entry) = ledger(tmp.path(), "b").load(&tp()).await.unwrap();
             assert_eq!((p2.seq, entry.unwrap().compactions.len()), (2, 1));
         }
-        assert!(exists(&l, &merged.visible).await, "the merged file is visible");
+        assert!(
+            exists(&l, &merged.visible).await,
+            "the merged file is visible"
+        );
         assert!(
             !exists(&l, &a.visible).await && !exists(&l, &b.visible).await,
             "its sources are gone"
