@@ -57,7 +57,8 @@ BROKERS = "127.0.0.1:9092"
 HDFS = "hdfs://127.0.0.1:9000"
 WEBHDFS = "http://127.0.0.1:9870/webhdfs/v1"
 INFLUX = "http://127.0.0.1:8086"
-STAGES = ["kafka", "carflow", "spark-stateful", "spark-recompute", "demo", "core-ceiling", "latency", "files"]
+STAGES = ["kafka", "carflow", "spark-stateful", "spark-recompute", "demo", "core-ceiling", "latency", "files",
+          "soak"]
 MEASUREMENTS = ["sales_by_brand", "sales_by_state", "sales_by_payment", "sales_by_model", "price_percentiles"]
 
 
@@ -366,6 +367,32 @@ def lake_walk(path: str, limit: int) -> list[tuple[str, int, int]]:
     return out
 
 
+def lake_file_stats(files: list[tuple[str, int, int]]) -> dict[str, dict]:
+    """Per dataset of `lake_walk`'s files: count, bytes, per dt, per Kafka partition, per
+    (dt, partition), mean size."""
+    datasets: dict[str, dict] = {}
+    for rel, size, _mtime in files:
+        ds, _, rest = rel.partition("/")
+        if not rest or not rel.endswith(".parquet"):
+            continue
+        d = datasets.setdefault(ds, {"files": 0, "bytes": 0, "by_dt": {}, "by_partition": {}, "by_dt_partition": {}})
+        d["files"] += 1
+        d["bytes"] += size
+        dtp = next((seg for seg in rest.split("/") if seg.startswith("dt=")), "(no dt)")
+        m = PART_FILE.search(rest)
+        part = m.group(1) if m else "?"
+        d["by_dt"][dtp] = d["by_dt"].get(dtp, 0) + 1
+        d["by_partition"][part] = d["by_partition"].get(part, 0) + 1
+        key = f"{dtp}/{part}"
+        d["by_dt_partition"][key] = d["by_dt_partition"].get(key, 0) + 1
+    for d in datasets.values():
+        d["mean_file_mb"] = d["bytes"] / d["files"] / 1e6 if d["files"] else None
+        per = list(d["by_dt_partition"].values())
+        d["files_per_dt_partition"] = {"min": min(per), "mean": sum(per) / len(per), "max": max(per),
+                                       "groups": len(per)} if per else None
+    return datasets
+
+
 def carflow_sql(binary: str, lake: str, sql: str, timeout: float) -> list[dict]:
     """Rows of `carflow sql --format csv` (one statement), as dicts of strings."""
     cmd = [binary, "sql", "--config", str(CONFIG), "--lake", lake, "--quiet", "--format", "csv", "-c", sql]
@@ -638,7 +665,8 @@ class Bench:
                 influx_query(None, f'DROP DATABASE "{db}"')
             except Exception as e:  # noqa: BLE001 - cleanup goes on
                 log(f"cleanup: drop {db}: {e}")
-        groups = [f"bench-{self.run_id}-carflow", f"bench-{self.run_id}-perf"]
+        groups = [f"bench-{self.run_id}-carflow", f"bench-{self.run_id}-perf",
+                  f"bench-{self.run_id}-soak-merging", f"bench-{self.run_id}-soak-no-merging"]
         try:
             args = [a for g in groups for a in ("--group", g)]
             kafka_tool(self.kafka_cp, "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--delete", *args)
@@ -1122,26 +1150,7 @@ class Bench:
         t0 = time.time()
         files = lake_walk(root, a.files_max)
         list_s = time.time() - t0
-        datasets: dict[str, dict] = {}
-        for rel, size, _mtime in files:
-            ds, _, rest = rel.partition("/")
-            if not rest or not rel.endswith(".parquet"):
-                continue
-            d = datasets.setdefault(ds, {"files": 0, "bytes": 0, "by_dt": {}, "by_partition": {}, "by_dt_partition": {}})
-            d["files"] += 1
-            d["bytes"] += size
-            dtp = next((seg for seg in rest.split("/") if seg.startswith("dt=")), "(no dt)")
-            m = PART_FILE.search(rest)
-            part = m.group(1) if m else "?"
-            d["by_dt"][dtp] = d["by_dt"].get(dtp, 0) + 1
-            d["by_partition"][part] = d["by_partition"].get(part, 0) + 1
-            key = f"{dtp}/{part}"
-            d["by_dt_partition"][key] = d["by_dt_partition"].get(key, 0) + 1
-        for d in datasets.values():
-            d["mean_file_mb"] = d["bytes"] / d["files"] / 1e6 if d["files"] else None
-            per = list(d["by_dt_partition"].values())
-            d["files_per_dt_partition"] = {"min": min(per), "mean": sum(per) / len(per), "max": max(per),
-                                           "groups": len(per)} if per else None
+        datasets = lake_file_stats(files)
         if "cars" not in datasets:
             raise BenchError(f"stage files: no Parquet files under {lake}/cars")
         sql = a.files_query
@@ -1177,6 +1186,110 @@ class Bench:
             "load_avg_at_start": self.stage_load,
             "note": "query wall time = carflow sql process launch → exit (binary start, HDFS listing, read, aggregate)",
         }
+
+    # -- stage: soak ----------------------------------------------------------------------------
+
+    def stage_soak(self) -> dict:
+        """A steady live stream (event times from the wall clock) at --soak-rate tx/s for
+        --soak-duration into a topic of its own, consumed by two engines in separate groups, so both
+        see the same records: one with the default settings (merging small files) and, as the
+        baseline of the same run, one with lake.compact_files = 0. Reports each engine's RSS by
+        quarter of the stream (flat?), its lake's files per (dt, Kafka partition), and carflow sql
+        over each lake."""
+        a = self.a
+        topic = f"bench-{self.run_id}-soak"
+        kafka_tool(self.kafka_cp, "org.apache.kafka.tools.TopicCommand", "--create", "--topic", topic,
+                   "--partitions", str(a.partitions), "--replication-factor", "1")
+        self.created_topics.append(topic)
+        engines: dict[str, dict] = {}
+        for label, extra in [("merging", {}), ("no-merging", {"CARFLOW_LAKE_COMPACT_FILES": "0"})]:
+            port = free_port()
+            lake = f"{HDFS}{self.hdfs_root}/soak-{label}"
+            env = dict(os.environ)
+            env.update({
+                "CARFLOW_KAFKA_TOPIC": topic,
+                "CARFLOW_KAFKA_GROUP_ID": f"bench-{self.run_id}-soak-{label}",
+                "CARFLOW_LAKE_ROOT": lake,
+                "CARFLOW_INFLUX_BUCKET": self.influx_db(f"soak_{label}"),
+                "CARFLOW_HTTP_LISTEN": f"127.0.0.1:{port}",
+                **extra,
+            })
+            cmd = [a.carflow, "run", "--config", str(CONFIG), "--engine-id", f"soak-{label}"]
+            engines[label] = {"m": Measured(f"carflow run ({label})", cmd, self.work / f"soak-{label}.log", env=env,
+                                            interval=1.0),
+                              "base": f"http://127.0.0.1:{port}", "lake": lake, "settings": extra}
+        deadline = time.time() + 120
+        for label, e in engines.items():
+            while True:
+                if e["m"].poll() is not None:
+                    raise BenchError(f"carflow ({label}) exited {e['m'].rc}:\n{e['m'].tail()}")
+                try:
+                    http("GET", f"{e['base']}/health", timeout=2)
+                    break
+                except (urllib.error.URLError, OSError):
+                    if time.time() > deadline:
+                        raise BenchError(f"carflow ({label}) not up after 120 s:\n{e['m'].tail()}")
+                    time.sleep(0.2)
+        duration_s = parse_duration_s(a.soak_duration)
+        gen_cmd = [a.carflow, "generate", "--config", str(CONFIG), "--topic", topic, "--rate", str(a.soak_rate),
+                   "--duration", a.soak_duration, "--live", "--seed", str(a.seed)]
+        log(f"  soak: {a.soak_rate:g} tx/s for {a.soak_duration} into {topic}, engines merging / not merging")
+        gen = Measured("carflow generate (soak)", gen_cmd, self.work / "soak-generate.log", interval=5.0)
+        t_gen = time.time()
+        rc = gen.wait(duration_s + 300)
+        t_gen_end = time.time()
+        if rc != 0:
+            gen.stop(grace=10)
+            raise BenchError(f"carflow generate exited {rc}:\n{gen.tail()}")
+        offs = topic_offsets(self.kafka_cp, topic) or {}
+        produced = sum(l - e for e, l in offs.values())
+        out: dict = {"system": "soak", "rate": a.soak_rate, "duration_s": duration_s, "produced": produced,
+                     "topic": topic, "engines": {}}
+        for label, e in engines.items():
+            m, vals = e["m"], {}
+            drain_deadline = time.time() + a.latency_drain_s
+            while time.time() < drain_deadline:
+                try:
+                    vals = metric_values(http("GET", f"{e['base']}/metrics", timeout=5).decode())
+                except (urllib.error.URLError, OSError):
+                    vals = {}
+                if vals.get("carflow_records_in_total", 0) >= produced:
+                    break
+                time.sleep(0.5)
+            self.check(f"soak ({label}): records in == produced", vals.get("carflow_records_in_total", 0), produced)
+            m.stop(grace=60)
+            quarters = []
+            span = (t_gen_end - t_gen) / 4
+            with m._lock:
+                timeline = list(m.timeline)
+            for q in range(4):
+                lo, hi = t_gen + q * span, t_gen + (q + 1) * span
+                rss = [r for (t, _c, r) in timeline if lo <= t < hi]
+                quarters.append(max(rss) / 1e6 if rss else None)
+            files = lake_walk(hdfs_path(e["lake"]), a.files_max)
+            stats = lake_file_stats(files)
+            runs = []
+            rows = None
+            for _ in range(a.files_query_runs):
+                t0 = time.time()
+                got = carflow_sql(a.carflow, e["lake"], a.files_query, a.timeout)
+                runs.append(time.time() - t0)
+                try:
+                    rows = sum(int(r["n"]) for r in got)
+                except (KeyError, ValueError, TypeError):
+                    rows = None
+            if "count(*) as n" in a.files_query.lower().replace('"', ""):
+                self.check(f"soak ({label}): carflow sql count over cars == produced", rows, produced)
+            out["engines"][label] = {
+                "settings": e["settings"], "lake": e["lake"], "cpu_s": m.cpu_seconds(),
+                "peak_rss_mb": m.peak_rss_bytes() / 1e6, "peak_anon_mb": m.peak_anon / 1e6,
+                "rss_mb_by_quarter": quarters, "datasets": stats,
+                "merges": vals.get("carflow_lake_merges_total"),
+                "files_merged": vals.get("carflow_lake_files_merged_total"),
+                "late_rows": vals.get("carflow_late_rows_total"),
+                "query_s": runs, "query_s_median": statistics.median(runs) if runs else None,
+            }
+        return out
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -1341,6 +1454,33 @@ def report(b: Bench, started: float) -> str:
             f"{r['wall_s']:.2f} s ({r['cpu_s']:.1f} CPU s, {r['peak_rss_mb']:,.0f} MB)" for r in fl["query_runs"])
             + (f"; {fl['query_rows_counted']:,} rows counted" if fl.get("query_rows_counted") is not None else ""))
 
+    sk = res.get("soak")
+    if sk:
+        extra += ["", f"soak: {sk['rate']:g} tx/s for {sk['duration_s']:.0f} s (event times from the wall clock), "
+                      f"{sk['produced']:,} records, two engines on the same records:"]
+        shdr = ["engine", "cars files", "per (dt, partition) mean", "max", "mean MB", "merges", "sql s",
+                "RSS MB by quarter", "peak anon MB", "CPU s"]
+        srows = []
+        for label, e in sk["engines"].items():
+            cars = e["datasets"].get("cars") or {}
+            fp = cars.get("files_per_dt_partition") or {}
+            srows.append([label, fmt(cars.get("files")), fmt(fp.get("mean"), "{:.1f}"), fmt(fp.get("max")),
+                          fmt(cars.get("mean_file_mb"), "{:.2f}"), fmt(e.get("merges")),
+                          fmt(e.get("query_s_median"), "{:.2f}"),
+                          " / ".join(fmt(q) for q in e["rss_mb_by_quarter"]), fmt(e["peak_anon_mb"]),
+                          fmt(e["cpu_s"], "{:.1f}")])
+        sw = [max(len(str(x[i])) for x in srows + [shdr]) for i in range(len(shdr))]
+        sline = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                        for i, (c, w) in enumerate(zip(cells, sw)))
+        extra += [sline(shdr), sline(["-" * w for w in sw]), *[sline(r) for r in srows]]
+        mg, nm = sk["engines"].get("merging"), sk["engines"].get("no-merging")
+        if mg and nm and mg["datasets"].get("cars") and nm["datasets"].get("cars"):
+            fa, fb = mg["datasets"]["cars"]["files"], nm["datasets"]["cars"]["files"]
+            ratios.append(f"soak at {sk['rate']:g} tx/s for {sk['duration_s'] / 60:.0f} min: merging leaves "
+                          f"{fa:,} cars files vs {fb:,} without ({fb / fa:.1f}x fewer); carflow sql GROUP BY "
+                          f"{fmt(mg['query_s_median'], '{:.2f}')} s vs {fmt(nm['query_s_median'], '{:.2f}')} s; "
+                          f"RSS by quarter {' / '.join(fmt(q) for q in mg['rss_mb_by_quarter'])} MB")
+
     failed = [c for c in b.checks if not c["ok"]]
     checks = [f"DIFF {c['check'].split(':')[0]}: {c['difference']}" if c.get("difference") else
               f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']} ({describe(c)})" for c in b.checks]
@@ -1501,6 +1641,9 @@ def main(argv: list[str]) -> int:
                    help="the query timed (default: count and revenue per brand over cars)")
     g.add_argument("--files-query-runs", type=int, default=3, help="times the query is run (default 3)")
     g.add_argument("--files-max", type=int, default=200_000, help="bound on the files listed (default 200000)")
+    g = p.add_argument_group("stage soak")
+    g.add_argument("--soak-rate", type=float, default=1000.0, help="tx/s of the live stream (default 1000)")
+    g.add_argument("--soak-duration", default="10m", help="how long it streams (default 10m)")
     p.add_argument("--results-dir", help="default benches/results/<date>")
     p.add_argument("--work-dir", help="logs and scratch (default /tmp/carflow-bench-<run id>)")
     p.add_argument("--keep", action="store_true", help="keep the HDFS lakes, InfluxDB databases and logs")
@@ -1525,8 +1668,8 @@ def main(argv: list[str]) -> int:
         if os.getloadavg()[0] > 1.0:
             log(f"note: load average {os.getloadavg()[0]:.1f} before the run: other work on this machine "
                 "skews every figure")
-        if set(stages) <= {"latency", "files"}:
-            b.partitions = a.partitions  # neither reads the bench topic (latency makes its own)
+        if set(stages) <= {"latency", "files", "soak"}:
+            b.partitions = a.partitions  # none reads the bench topic (latency and soak make their own)
             b.topic_used = False
         else:
             b.ensure_topic()
@@ -1559,6 +1702,8 @@ def main(argv: list[str]) -> int:
                 b.results[s] = b.stage_latency()
             elif s == "files":
                 b.results[s] = b.stage_files()
+            elif s == "soak":
+                b.results[s] = b.stage_soak()
             r = b.results.get(s)
             if r and r.get("records_per_s"):
                 log(f"  {r['system']}: {r['records_per_s']:,.0f} rec/s, CPU {r['cpu_s']:.1f}s, "
