@@ -1450,7 +1450,8 @@ class Run:
             for m in e.metrics_by_start:
                 for k in ("carflow_records_in_total", "carflow_dead_letters_total", "carflow_late_rows_total",
                           "carflow_replayed_total", "carflow_batches_total", "carflow_query_errors_total",
-                          "carflow_windows_closed_early_total", "carflow_influx_rejected_total"):
+                          "carflow_windows_closed_early_total", "carflow_influx_rejected_total",
+                          "carflow_lake_merges_total", "carflow_lake_files_merged_total"):
                     metrics_sum[k] += m.get(k, 0)
         peak_rss_mb = round(self.mon.peak_rss_kb / 1024, 1)
         checks = {
@@ -1573,6 +1574,10 @@ class Run:
             f"  {'late rows counted by the engines':<34} {int(d['engine_metrics_sum_over_processes'].get('carflow_late_rows_total', 0)):>12,}"
             f"   (carflow_late_rows_total summed over engine processes, approximate; {d['very_late']} injected)",
             f"  {'staging leftovers':<34} {d['staging_leftovers']:>12,}",
+            f"  {'lake files':<34} {d['lake_files']:>12,}   (merges of small files seen in engine metrics: "
+            f"{int(d['engine_metrics_sum_over_processes'].get('carflow_lake_merges_total', 0)):,}, replacing "
+            f"{int(d['engine_metrics_sum_over_processes'].get('carflow_lake_files_merged_total', 0)):,} files; "
+            f"lake.compact_files {d.get('compact_files')}, every {d.get('compact_interval')})",
             f"  {'consumer-group lag':<34} {d['consumer_lag']:>12,}",
             f"  {'peak RSS per engine':<34} {d['peak_rss_mb']:>10,.0f} MB",
             f"  {'drained after producing':<34} {fmt(d['drain_s']):>12}   (producing took {d['produce_s']:.0f}s, "

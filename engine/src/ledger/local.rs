@@ -153,8 +153,10 @@ pub fn swap_in(root: &Path, staged: &Path, visible: &Path, replaces: &[String]) 
             false
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&fresh);
-            return Err(e);
+            // E.g. a file system without hard links: the exchange cannot be prepared.
+            tracing::warn!(dir = %dir.display(), error = %e,
+                "cannot rebuild the directory beside it; merging by rename, then delete");
+            false
         }
     };
     if swapped {
