@@ -66,7 +66,8 @@ Example:
     #[command(after_help = "\
 Example:
   carflow generate --count 200000                 as fast as possible
-  carflow generate --duration 10m --rate 500      a steady stream")]
+  carflow generate --duration 10m --rate 500      a steady stream
+  carflow generate --duration 1h --rate 1000 --live   event times from the wall clock")]
     Generate(GenerateArgs),
     /// Run a query over the lake's history and write its output exactly as the stream would.
     #[command(after_help = "\
@@ -166,8 +167,13 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub start: Option<carflow_engine::config::Timestamp>,
     /// Average transactions per hour of event time (default: generator.mean_per_hour).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "live")]
     pub mean_per_hour: Option<f64>,
+    /// Event times from the wall clock (with a little out-of-order jitter), as a live web API
+    /// would produce them: for dashboards and soak tests. Without it, event times are simulated
+    /// from --start at --mean-per-hour (deterministic for a seed).
+    #[arg(long, conflicts_with = "start")]
+    pub live: bool,
     /// Brokers (default: kafka.brokers).
     #[arg(long)]
     pub brokers: Option<String>,

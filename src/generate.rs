@@ -34,13 +34,22 @@ pub async fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<ExitCode
     let topic = args.topic.clone().unwrap_or(config.kafka.topic.clone());
     let start_ms = args.start.unwrap_or(config.generator.start).ms();
     let mean_per_hour = args.mean_per_hour.unwrap_or(config.generator.mean_per_hour);
-    let mut generator = Generator::new(GeneratorConfig {
-        seed: args.seed.unwrap_or(config.generator.seed),
-        clock: Clock::Simulated {
-            start_ms,
-            mean_per_hour,
-        },
-    });
+    let seed = args.seed.unwrap_or(config.generator.seed);
+    let mut generator = if args.live {
+        Generator::new(GeneratorConfig {
+            seed,
+            clock: Clock::Wall,
+        })
+        .with_jitter(true)
+    } else {
+        Generator::new(GeneratorConfig {
+            seed,
+            clock: Clock::Simulated {
+                start_ms,
+                mean_per_hour,
+            },
+        })
+    };
     let producer = producer(&brokers, &Default::default())?;
     let shutdown = CancellationToken::new();
     crate::run::spawn_signal_handler(shutdown.clone());
