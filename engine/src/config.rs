@@ -407,7 +407,9 @@ pub struct LakeConfig {
     /// (each commit writes one file per dataset, directory and partition; merges keep a day's
     /// directory at tens of files instead of thousands). 0 turns merging off. Default 16.
     pub compact_files: usize,
-    /// A merged file stays below this many bytes. Default 67108864 (64 MiB).
+    /// A merged file stays below this many bytes. A merge holds its sources and the merged file
+    /// in memory, so this bounds what a merge adds to the engine's memory (about twice it).
+    /// Default 33554432 (32 MiB).
     pub compact_bytes: u64,
     /// Merges come in rounds, at most one this often: a query running while a merge replaces
     /// files it listed fails with "not found" (and is right when run again), so merges are kept
@@ -423,7 +425,7 @@ impl Default for LakeConfig {
             timeout: HumanDuration(Duration::from_secs(20)),
             raw_dataset: "cars".into(),
             compact_files: 16,
-            compact_bytes: 64 << 20,
+            compact_bytes: 32 << 20,
             compact_interval: HumanDuration(Duration::from_secs(60)),
         }
     }
@@ -778,7 +780,7 @@ impl Config {
         if self.lake.compact_files > 1 && self.lake.compact_bytes < 1 << 20 {
             bad(
                 "lake.compact_bytes",
-                "must be at least 1048576 (1 MiB) when lake.compact_files merges (default 67108864)".into(),
+                "must be at least 1048576 (1 MiB) when lake.compact_files merges (default 33554432)".into(),
             );
         }
         if self.windows.max_rows == 0 {
