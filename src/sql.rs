@@ -46,11 +46,51 @@ pub async fn lake_session(
     Ok((ctx, registry, found.into_iter().map(|d| d.name).collect()))
 }
 
+/// Did a query fail because a merge of small lake files (lake.compact_files) replaced a file it
+/// had listed? Then the lake is consistent and the query is right when run again.
+fn is_merged_away(text: &str) -> bool {
+    text.contains("part-") && (text.contains("not found") || text.contains("No such file"))
+}
+
+/// How often a query that failed on a merged-away file is run again.
+const MERGED_AWAY_RETRIES: usize = 3;
+
+/// Run one `-c` statement; a query (`SELECT`/`WITH`) that failed on a merged-away file runs
+/// again, up to [`MERGED_AWAY_RETRIES`] times. Safe because a bounded query prints nothing
+/// before it has all its rows (datafusion-cli collects them first), and a query writes nothing.
+async fn run_retrying<F, Fut>(
+    statement: &str,
+    quiet: bool,
+    mut run: F,
+) -> Result<(), datafusion::error::DataFusionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), datafusion::error::DataFusionError>>,
+{
+    let head = statement.trim_start().to_ascii_lowercase();
+    let query = head.starts_with("select") || head.starts_with("with");
+    let mut attempt = 0;
+    loop {
+        match run().await {
+            Err(e) if query && attempt < MERGED_AWAY_RETRIES && is_merged_away(&e.to_string()) => {
+                attempt += 1;
+                if !quiet {
+                    eprintln!(
+                        "note: a merge of small lake files replaced a file this query had listed; \
+                         running it again ({attempt} of {MERGED_AWAY_RETRIES})"
+                    );
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A query that listed files a merge then replaced (lake.compact_files) fails with "not found":
 /// say so, and that running it again is right.
 fn merged_away(e: datafusion::error::DataFusionError) -> anyhow::Error {
     let text = e.to_string();
-    if text.contains("part-") && (text.contains("not found") || text.contains("No such file")) {
+    if is_merged_away(&text) {
         anyhow::anyhow!(
             "{text}\nA merge of small lake files (lake.compact_files) replaced files this query had \
              listed; the lake is consistent and the query is right when run again."
@@ -80,9 +120,13 @@ pub async fn run(global: &Global, args: SqlArgs) -> anyhow::Result<ExitCode> {
         instrumented_registry: registry,
     };
     if !args.command.is_empty() || !args.file.is_empty() {
-        exec_from_commands(&ctx, args.command, &print)
+        for statement in args.command {
+            run_retrying(&statement, args.quiet, || {
+                exec_from_commands(&ctx, vec![statement.clone()], &print)
+            })
             .await
             .map_err(merged_away)?;
+        }
         let files = args.file.iter().map(|p| p.display().to_string()).collect();
         exec_from_files(&ctx, files, &print)
             .await
@@ -142,6 +186,63 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .unwrap()
             .value(0)
+    }
+
+    fn gone() -> datafusion::error::DataFusionError {
+        datafusion::error::DataFusionError::Execution(
+            "Object at location cars/dt=2026-01-01/part-t-0-00000000000000000000-00000000000000000009.parquet not found".into(),
+        )
+    }
+
+    /// A query that failed on a file a merge removed runs again (at most 3 times); a statement
+    /// that is not a query, or another error, is not repeated.
+    #[tokio::test]
+    async fn a_query_that_met_a_merged_away_file_runs_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = AtomicUsize::new(0);
+        let flaky = |fails: usize| {
+            let calls = &calls;
+            move || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move { if n < fails { Err(gone()) } else { Ok(()) } }
+            }
+        };
+        super::run_retrying("SELECT count(*) FROM cars", true, flaky(2))
+            .await
+            .unwrap();
+        assert_eq!(calls.swap(0, Ordering::SeqCst), 3);
+        assert!(
+            super::run_retrying("  with x AS (SELECT 1) SELECT * FROM x", true, flaky(9))
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            calls.swap(0, Ordering::SeqCst),
+            4,
+            "three retries, then the error"
+        );
+        assert!(
+            super::run_retrying("COPY cars TO 'x.parquet'", true, flaky(1))
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            calls.swap(0, Ordering::SeqCst),
+            1,
+            "a statement that writes is not repeated"
+        );
+        let other = || async {
+            Err::<(), _>(datafusion::error::DataFusionError::Plan(
+                "no table x".into(),
+            ))
+        };
+        assert!(
+            super::run_retrying("SELECT * FROM x", true, other)
+                .await
+                .is_err()
+        );
+        let msg = super::merged_away(gone()).to_string();
+        assert!(msg.contains("right when run again"), "{msg}");
     }
 
     /// A `carflow sql` session is long (the REPL): each query must see what was committed
