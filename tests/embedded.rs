@@ -434,26 +434,6 @@ async fn an_influx_query_without_aggregation_writes_one_point_per_row() {
     assert_eq!(luxury, want);
 }
 
-/// Rows counted by a reader: (all, distinct (partition, offset)).
-async fn counted(
-    ctx: &datafusion::prelude::SessionContext,
-) -> datafusion::error::Result<(i64, i64)> {
-    let batches = ctx
-        .sql("SELECT count(*), count(DISTINCT (_partition, _offset)) FROM cars")
-        .await?
-        .collect()
-        .await?;
-    let col = |i: usize| {
-        batches[0]
-            .column(i)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .unwrap()
-            .value(0)
-    };
-    Ok((col(0), col(1)))
-}
-
 /// A stock reader of the local lake (what datafusion-cli or DuckDB do): a listing table over
 /// `cars/` with its Hive column, knowing nothing of carflow's ledger or merges.
 async fn stock_reader(lake: &Path) -> Option<datafusion::prelude::SessionContext> {
@@ -505,28 +485,12 @@ async fn merging_small_files_while_readers_query_never_shows_a_row_twice_or_lose
             );
             let location =
                 carflow_engine::storage::Location::open(&lake.display().to_string()).unwrap();
-            let (mut stock_last, mut carflow_last, mut reads, mut gone) = (0i64, 0i64, 0u64, 0u64);
+            let mut stock = WatchingReader::new("a stock reader");
+            let mut ours = WatchingReader::new("carflow's reader");
             let mut registered = false;
             while !done.load(Ordering::Relaxed) {
                 if let Some(ctx) = stock_reader(&lake).await {
-                    match counted(&ctx).await {
-                        Ok((all, distinct)) => {
-                            assert_eq!(all, distinct, "a stock reader counted rows twice");
-                            assert!(
-                                all >= stock_last,
-                                "a stock reader lost rows: {all} after {stock_last}"
-                            );
-                            stock_last = all;
-                            reads += 1;
-                        }
-                        Err(e)
-                            if e.to_string().contains("not found")
-                                || e.to_string().contains("No such file") =>
-                        {
-                            gone += 1
-                        }
-                        Err(e) => panic!("stock reader: {e}"),
-                    }
+                    stock.read(&ctx).await;
                 }
                 if !registered {
                     registered = carflow_engine::catalog::register_lake(&carflow, &location)
@@ -534,29 +498,13 @@ async fn merging_small_files_while_readers_query_never_shows_a_row_twice_or_lose
                         .is_ok_and(|found| found.iter().any(|d| d.name == "cars"));
                 }
                 if registered {
-                    match counted(&carflow).await {
-                        Ok((all, distinct)) => {
-                            assert_eq!(all, distinct, "carflow's reader counted rows twice");
-                            assert!(
-                                all >= carflow_last,
-                                "carflow's reader lost rows: {all} after {carflow_last}"
-                            );
-                            carflow_last = all;
-                            reads += 1;
-                        }
-                        Err(e)
-                            if e.to_string().contains("not found")
-                                || e.to_string().contains("No such file") =>
-                        {
-                            gone += 1
-                        }
-                        Err(e) => panic!("carflow reader: {e}"),
-                    }
+                    ours.read(&carflow).await;
                 }
             }
             // The same long session, once everything is committed.
-            let end = counted(&carflow).await.unwrap();
-            (reads, gone, carflow_last, end)
+            let end = WatchingReader::counts(&carflow).await.unwrap();
+            let (reads, gone) = (stock.reads + ours.reads, stock.gone + ours.gone);
+            (reads, gone, ours.last, end)
         })
     };
     let metrics = Arc::new(Metrics::new());

@@ -192,3 +192,72 @@ pub fn assert_points_match(expected: &Points, actual: &Points, what: &str) {
         diffs.join("\n")
     );
 }
+
+/// A reader that queries `cars` again and again while the lake changes (commits, merges of small
+/// files). It must never count a row twice (`count(*)` = distinct (partition, offset)) nor fewer
+/// rows than it counted before; a query may fail only on a file a merge removed after the query
+/// listed it (counted in `gone`).
+pub struct WatchingReader {
+    name: &'static str,
+    /// Rows it counted last.
+    pub last: i64,
+    /// Queries that succeeded.
+    pub reads: u64,
+    /// Queries that failed on a merged-away file.
+    pub gone: u64,
+}
+
+impl WatchingReader {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            last: 0,
+            reads: 0,
+            gone: 0,
+        }
+    }
+
+    /// (all rows, distinct (partition, offset)) of `cars`.
+    pub async fn counts(ctx: &SessionContext) -> datafusion::error::Result<(i64, i64)> {
+        let b = ctx
+            .sql("SELECT count(*), count(DISTINCT (_partition, _offset)) FROM cars")
+            .await?
+            .collect()
+            .await?;
+        let col = |i: usize| {
+            b[0].column(i)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .unwrap()
+                .value(0)
+        };
+        Ok((col(0), col(1)))
+    }
+
+    /// Query once and check what it saw.
+    pub async fn read(&mut self, ctx: &SessionContext) {
+        match Self::counts(ctx).await {
+            Ok((all, distinct)) => {
+                assert_eq!(all, distinct, "{} counted rows twice", self.name);
+                assert!(
+                    all >= self.last,
+                    "{} lost rows: {all} after {}",
+                    self.name,
+                    self.last
+                );
+                self.last = all;
+                self.reads += 1;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("part-")
+                        && (text.contains("not found") || text.contains("No such file")),
+                    "{}: {text}",
+                    self.name
+                );
+                self.gone += 1;
+            }
+        }
+    }
+}
