@@ -45,6 +45,9 @@ pub(super) struct Compactor {
     options: CompactOptions,
     jobs: HashMap<TopicPartition, Job>,
     next_round: Option<std::time::Instant>,
+    /// One merge at a time: a merge holds its sources and its result in memory (up to about
+    /// twice `lake.compact_bytes`), and a round starts one for every partition at once.
+    one_at_a_time: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Compactor {
@@ -53,6 +56,7 @@ impl Compactor {
             options,
             jobs: HashMap::new(),
             next_round: None,
+            one_at_a_time: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -111,7 +115,11 @@ impl Compactor {
         }
         let prefix = compact::part_prefix(&tp.topic, topic_id, tp.partition);
         let (lake, options, partition) = (lake.clone(), self.options, tp.clone());
+        let permit = std::sync::Arc::clone(&self.one_at_a_time);
         let handle = tokio::spawn(async move {
+            let Ok(_permit) = permit.acquire_owned().await else {
+                return Vec::new();
+            };
             let mut out = Vec::new();
             for (dataset, dir) in dirs {
                 match merge_dir(&lake, options, &prefix, &dataset, &dir).await {
