@@ -367,6 +367,22 @@ def lake_walk(path: str, limit: int) -> list[tuple[str, int, int]]:
     return out
 
 
+def wait_healthy(m: "Measured", url: str, within_s: float, poll_s: float = 0.1) -> None:
+    """Wait until `url`/health answers 200; fail with the process's log tail if it exits first or
+    does not answer within `within_s`."""
+    deadline = time.time() + within_s
+    while True:
+        if m.poll() is not None:
+            raise BenchError(f"{m.name} exited {m.rc} at start:\n{m.tail()}")
+        try:
+            http("GET", f"{url}/health", timeout=2)
+            return
+        except (urllib.error.URLError, OSError):
+            if time.time() > deadline:
+                raise BenchError(f"{m.name}: /health not 200 after {within_s:.0f}s:\n{m.tail()}")
+            time.sleep(poll_s)
+
+
 def lake_file_stats(files: list[tuple[str, int, int]]) -> dict[str, dict]:
     """Per dataset of `lake_walk`'s files: count, bytes, per dt, per Kafka partition, per
     (dt, partition), mean size."""
@@ -983,17 +999,7 @@ class Bench:
         try:
             t_launch = time.time()
             for m, url in ((run, run_url), (api, api_url)):
-                deadline = time.time() + a.latency_startup_s
-                while True:
-                    if m.poll() is not None:
-                        raise BenchError(f"{m.name} exited {m.rc} at start:\n{m.tail()}")
-                    try:
-                        http("GET", f"{url}/health", timeout=2)
-                        break
-                    except (urllib.error.URLError, OSError):
-                        if time.time() > deadline:
-                            raise BenchError(f"{m.name}: /health not 200 after {a.latency_startup_s:.0f}s:\n{m.tail()}")
-                        time.sleep(0.1)
+                wait_healthy(m, url, a.latency_startup_s)
             startup_s = time.time() - t_launch
             # The bodies: the API's own generator (seeded), with transaction_id and sold_at replaced
             # at send time (ids unique to the run, sold_at = the wall clock when the POST is built).
@@ -1218,18 +1224,8 @@ class Bench:
             engines[label] = {"m": Measured(f"carflow run ({label})", cmd, self.work / f"soak-{label}.log", env=env,
                                             interval=1.0),
                               "base": f"http://127.0.0.1:{port}", "lake": lake, "settings": extra}
-        deadline = time.time() + 120
-        for label, e in engines.items():
-            while True:
-                if e["m"].poll() is not None:
-                    raise BenchError(f"carflow ({label}) exited {e['m'].rc}:\n{e['m'].tail()}")
-                try:
-                    http("GET", f"{e['base']}/health", timeout=2)
-                    break
-                except (urllib.error.URLError, OSError):
-                    if time.time() > deadline:
-                        raise BenchError(f"carflow ({label}) not up after 120 s:\n{e['m'].tail()}")
-                    time.sleep(0.2)
+        for e in engines.values():
+            wait_healthy(e["m"], e["base"], 120, poll_s=0.2)
         duration_s = parse_duration_s(a.soak_duration)
         gen_cmd = [a.carflow, "generate", "--config", str(CONFIG), "--topic", topic, "--rate", str(a.soak_rate),
                    "--duration", a.soak_duration, "--live", "--seed", str(a.seed)]
