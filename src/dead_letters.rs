@@ -122,10 +122,7 @@ async fn open(global: &Global, lake: Option<&str>) -> anyhow::Result<Lake> {
     let config = Config::load(global.config.as_deref())?;
     let root = lake.map(str::to_string).unwrap_or(config.lake.root.clone());
     let location = Location::open(&root).with_context(|| format!("opening the lake at {root}"))?;
-    let ctx = SessionContext::new_with_config_rt(
-        datafusion::prelude::SessionConfig::new(),
-        carflow_engine::catalog::lake_runtime().build_arc()?,
-    );
+    let ctx = carflow_engine::catalog::lake_context()?;
     register_lake(&ctx, &location)
         .await
         .with_context(|| format!("reading the lake at {root}"))?;

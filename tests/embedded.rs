@@ -479,10 +479,7 @@ async fn merging_small_files_while_readers_query_never_shows_a_row_twice_or_lose
     let readers = {
         let (lake, done) = (lake.clone(), Arc::clone(&done));
         tokio::spawn(async move {
-            let carflow = datafusion::prelude::SessionContext::new_with_config_rt(
-                datafusion::prelude::SessionConfig::new(),
-                carflow_engine::catalog::lake_runtime().build_arc().unwrap(),
-            );
+            let carflow = carflow_engine::catalog::lake_context().unwrap();
             let location =
                 carflow_engine::storage::Location::open(&lake.display().to_string()).unwrap();
             let mut stock = WatchingReader::new("a stock reader");

@@ -550,10 +550,7 @@ async fn merges_of_small_files_survive_kill_9_and_a_reader_stays_exact() {
     };
     let reader = async {
         let location = carflow_engine::storage::Location::open(&s.lake.url).unwrap();
-        let ctx = datafusion::prelude::SessionContext::new_with_config_rt(
-            datafusion::prelude::SessionConfig::new(),
-            carflow_engine::catalog::lake_runtime().build_arc().unwrap(),
-        );
+        let ctx = carflow_engine::catalog::lake_context().unwrap();
         let (mut reader, mut registered) = (WatchingReader::new("the reader"), false);
         while !fed.load(Ordering::Relaxed) {
             if !registered {

@@ -103,6 +103,14 @@ pub fn lake_runtime() -> RuntimeEnvBuilder {
         .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
 }
 
+/// A session on [`lake_runtime`], for reading the lake with [`register_lake`].
+pub fn lake_context() -> Result<SessionContext> {
+    Ok(SessionContext::new_with_config_rt(
+        datafusion::prelude::SessionConfig::new(),
+        lake_runtime().build_arc()?,
+    ))
+}
+
 /// An object store whose listings leave out the files a visible merged file covers (the sources
 /// of a merge on HDFS, between the merged file's rename and their deletion).
 #[derive(Debug)]

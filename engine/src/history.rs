@@ -88,10 +88,7 @@ fn where_of(filters: &[String]) -> String {
 impl History {
     /// Open the lake at `location`; `raw` names its raw dataset.
     pub async fn open(location: &Location, raw: &str) -> Result<Self> {
-        let ctx = SessionContext::new_with_config_rt(
-            datafusion::prelude::SessionConfig::new(),
-            crate::catalog::lake_runtime().build_arc()?,
-        );
+        let ctx = crate::catalog::lake_context()?;
         let found = register_lake(&ctx, location).await?;
         let Some(d) = found.iter().find(|d| d.name == raw) else {
             return Err(internal(format!(

@@ -131,12 +131,17 @@ impl Location {
         p
     }
 
+    /// The local file system path of a store path (meaningful for local lakes only).
+    pub fn local_path(&self, p: &str) -> PathBuf {
+        PathBuf::from("/").join(p)
+    }
+
     /// Remove the directory `dir` if it is empty (an error otherwise, or when it does not exist).
     /// Object stores have no directories, but HDFS and local disks do, and a commit's staging
     /// directory must not outlive it.
     pub async fn delete_dir(&self, dir: &Path) -> Result<(), object_store::Error> {
         if self.local {
-            let fs = std::path::PathBuf::from("/").join(dir.as_ref());
+            let fs = self.local_path(dir.as_ref());
             tokio::fs::remove_dir(&fs)
                 .await
                 .map_err(|source| object_store::Error::Generic {

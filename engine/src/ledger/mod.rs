@@ -570,9 +570,25 @@ impl OffsetLedger {
         self.finish_compactions(&entry.compactions).await
     }
 
-    /// The local file system path of a store path (local lakes only).
-    fn local_path(&self, p: &str) -> std::path::PathBuf {
-        std::path::PathBuf::from("/").join(p)
+    /// Run `work` (file system calls on a local lake, given the lake root's path) on a blocking
+    /// thread; its error is a store error at `path`.
+    async fn on_local_disk(
+        &self,
+        path: &str,
+        work: impl FnOnce(&std::path::Path) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<(), LedgerError> {
+        let root = self.location.local_path(self.location.prefix.as_ref());
+        tokio::task::spawn_blocking(move || work(&root))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| LedgerError::Store {
+                path: path.to_string(),
+                source: object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                },
+            })
     }
 
     /// Make merged files visible and remove their sources; what is done already is skipped. On
@@ -581,25 +597,15 @@ impl OffsetLedger {
     pub(crate) async fn finish_compactions(&self, all: &[Compaction]) -> Result<(), LedgerError> {
         for c in all {
             if self.location.local {
-                let root = self.local_path(self.location.prefix.as_ref());
                 let (staged, visible) = (
-                    self.local_path(&c.file.staged),
-                    self.local_path(&c.file.visible),
+                    self.location.local_path(&c.file.staged),
+                    self.location.local_path(&c.file.visible),
                 );
                 let replaces = c.replaces.clone();
-                tokio::task::spawn_blocking(move || {
-                    local::swap_in(&root, &staged, &visible, &replaces)
+                self.on_local_disk(&c.file.visible, move |root| {
+                    local::swap_in(root, &staged, &visible, &replaces)
                 })
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|r| r)
-                .map_err(|e| LedgerError::Store {
-                    path: c.file.visible.clone(),
-                    source: object_store::Error::Generic {
-                        store: "LocalFileSystem",
-                        source: Box::new(e),
-                    },
-                })?;
+                .await?;
                 continue;
             }
             self.finish_moves(std::slice::from_ref(&c.file)).await?;
@@ -627,27 +633,21 @@ impl OffsetLedger {
     /// Rename staged files to their visible names; a move already done is skipped.
     pub(crate) async fn finish_moves(&self, files: &[FileMove]) -> Result<(), LedgerError> {
         if self.location.local {
-            let root = self.local_path(self.location.prefix.as_ref());
             let moves: Vec<(std::path::PathBuf, std::path::PathBuf)> = files
                 .iter()
-                .map(|f| (self.local_path(&f.staged), self.local_path(&f.visible)))
+                .map(|f| {
+                    let l = &self.location;
+                    (l.local_path(&f.staged), l.local_path(&f.visible))
+                })
                 .collect();
-            let first = files.first().map(|f| f.staged.clone()).unwrap_or_default();
-            return tokio::task::spawn_blocking(move || {
-                moves
-                    .iter()
-                    .try_for_each(|(from, to)| local::rename_locked(&root, from, to))
-            })
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r)
-            .map_err(|e| LedgerError::Store {
-                path: first,
-                source: object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(e),
-                },
-            });
+            let first = files.first().map_or("", |f| f.staged.as_str());
+            return self
+                .on_local_disk(first, move |root| {
+                    moves
+                        .iter()
+                        .try_for_each(|(from, to)| local::rename_locked(root, from, to))
+                })
+                .await;
         }
         let moves = files.iter().map(|f| async move {
             let (from, to) = (
