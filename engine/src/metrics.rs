@@ -87,6 +87,10 @@ pub struct Metrics {
     pub lake_merges: Counter,
     /// Small lake files those merges replaced.
     pub lake_files_merged: Counter,
+    /// Batches whose lake commit went on while the next batch was processed.
+    pub lake_commits_overlapped: Counter,
+    /// Partition commits refused because another writer had moved the partition's ledger on.
+    pub lake_commits_fenced: Counter,
     /// Seconds spent in each step of the batch loop (where the time goes).
     pub step_seconds: Family<StepLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -123,6 +127,8 @@ impl Metrics {
             transforms: Gauge::default(),
             lake_merges: Counter::default(),
             lake_files_merged: Counter::default(),
+            lake_commits_overlapped: Counter::default(),
+            lake_commits_fenced: Counter::default(),
             step_seconds: Family::default(),
             registry: Registry::default(),
         };
@@ -135,6 +141,16 @@ impl Metrics {
             "lake_files_merged",
             "Small lake files replaced by those merges",
             m.lake_files_merged.clone(),
+        );
+        registry.register(
+            "lake_commits_overlapped",
+            "Batches whose lake commit went on while the next batch was processed (one engine on the topic, behind it)",
+            m.lake_commits_overlapped.clone(),
+        );
+        registry.register(
+            "lake_commits_fenced",
+            "Partition commits refused because another writer moved the partition's ledger on (the partition is reloaded and its messages processed again)",
+            m.lake_commits_fenced.clone(),
         );
         registry.register(
             "records_in",

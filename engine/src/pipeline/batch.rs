@@ -13,11 +13,13 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::lake_step::Committed;
 use super::part::{MessageIndex, PartBatch};
 use super::partitions::{from_offset, max_time, offset_ranges, split_by_partition};
 use super::{Pipeline, PipelineError, Stop};
@@ -46,15 +48,23 @@ impl<S: Source> Pipeline<S> {
     /// when every message of the batch is kept (else the kept ones are decoded here).
     pub(super) async fn process(
         &mut self,
-        messages: &[Message],
+        messages: &Arc<Vec<Message>>,
         decoded: &mut Option<Decoding>,
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let started = Instant::now();
         let mut at = std::time::Instant::now();
+        let mut batch = Arc::clone(messages);
         loop {
             let revoked_now = self.apply_events(shutdown).await?;
-            let kept = self.owned_in_order(messages, &revoked_now);
+            if !self.redo.is_empty() {
+                // Messages of a fenced commit go again, with this batch.
+                let mut all = std::mem::take(&mut self.redo);
+                all.extend(batch.iter().cloned());
+                batch = Arc::new(all);
+                *decoded = None;
+            }
+            let kept = self.owned_in_order(&batch, &revoked_now);
             if kept.is_empty() {
                 return Ok(());
             }
@@ -93,7 +103,42 @@ impl<S: Source> Pipeline<S> {
             self.metrics.step("windows", &mut at);
             self.write_influx(&body, shutdown).await?;
             self.metrics.step("influx_write", &mut at);
-            let fenced = self.commit_parts(&mut parts, shutdown, &mut at).await?;
+            let fenced = match self.commit_parts(&mut parts, shutdown, &mut at).await? {
+                Committed::Landed { fenced } => fenced,
+                Committed::Redo => continue,
+                Committed::InFlight => {
+                    let mut windows = touched;
+                    windows.retain(|_, s| !s.is_empty());
+                    let mut body = String::new();
+                    let window_points = self.merged_points(&windows, &mut body).await?;
+                    self.metrics.step("window_merge", &mut at);
+                    let tallies = parts
+                        .iter()
+                        .map(|p| {
+                            (
+                                p.tp.clone(),
+                                self.tally(std::slice::from_ref(p), 0, 0, started),
+                            )
+                        })
+                        .collect();
+                    let messages = match kept {
+                        Cow::Borrowed(_) => Arc::clone(&batch),
+                        Cow::Owned(v) => Arc::new(v),
+                    };
+                    if let Some(f) = self.in_flight.as_mut() {
+                        f.messages = messages;
+                        f.body = body;
+                        f.points = row_points + window_points;
+                        f.touched = windows;
+                        f.tallies = tallies;
+                        f.bytes = bytes as u64;
+                        f.started = started;
+                    }
+                    self.close_windows_now().await;
+                    self.metrics.step("close", &mut at);
+                    return Ok(());
+                }
+            };
             if !fenced.is_empty() {
                 for tp in fenced {
                     tracing::warn!(partition = %tp, "the partition's ledger moved on under this engine (another writer); reloading it and processing the batch again");
@@ -369,6 +414,34 @@ impl<S: Source> Pipeline<S> {
                 .sum(),
         );
         self.health.committed();
+    }
+}
+
+impl Done {
+    /// Set what belongs to the batch as a whole.
+    pub(super) fn add_batch(&mut self, bytes: u64, points: u64, started: Instant) {
+        self.bytes += bytes;
+        self.points += points;
+        self.started = started;
+    }
+
+    /// Add another part's counts.
+    pub(super) fn absorb(&mut self, other: Done) {
+        self.commits.extend(other.commits);
+        self.records += other.records;
+        self.rows += other.rows;
+        self.late += other.late;
+        self.replayed += other.replayed;
+        self.undecodable += other.undecodable;
+        self.dead += other.dead;
+        for (k, n) in other.transform_dead {
+            *self.transform_dead.entry(k).or_default() += n;
+        }
+        for (k, n) in other.lake_inputs {
+            *self.lake_inputs.entry(k).or_default() += n;
+        }
+        self.bytes += other.bytes;
+        self.points += other.points;
     }
 }
 

@@ -44,6 +44,10 @@ struct Job {
 pub(super) struct Compactor {
     options: CompactOptions,
     jobs: HashMap<TopicPartition, Job>,
+    /// Partitions whose merges were taken into a commit that has not landed yet (with the
+    /// ownership it was for): a new look at their directories would still see the merged files'
+    /// sources and merge them again.
+    carrying: HashMap<TopicPartition, u64>,
     next_round: Option<std::time::Instant>,
     /// One merge at a time: a merge holds its sources and its result in memory (up to about
     /// twice `lake.compact_bytes`), and a round starts one for every partition at once.
@@ -55,6 +59,7 @@ impl Compactor {
         Self {
             options,
             jobs: HashMap::new(),
+            carrying: HashMap::new(),
             next_round: None,
             one_at_a_time: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
@@ -85,7 +90,12 @@ impl Compactor {
             return Vec::new();
         }
         match job.handle.now_or_never() {
-            Some(Ok(merges)) => merges,
+            Some(Ok(merges)) => {
+                if !merges.is_empty() {
+                    self.carrying.insert(tp.clone(), epoch);
+                }
+                merges
+            }
             Some(Err(e)) => {
                 tracing::warn!(partition = %tp, error = %e, "a merge of small lake files failed; the files stay as they are");
                 Vec::new()
@@ -94,8 +104,13 @@ impl Compactor {
         }
     }
 
+    /// A commit of `tp` that carried merges landed.
+    pub(super) fn carried(&mut self, tp: &TopicPartition) {
+        self.carrying.remove(tp);
+    }
+
     /// After a commit of `tp` that wrote into `dirs` (dataset, directory relative to it): look
-    /// for files to merge there, unless a merge of `tp` is in progress.
+    /// for files to merge there, unless a merge of `tp` is in progress or waits in a commit.
     pub(super) fn after_commit(
         &mut self,
         lake: &LakeSink,
@@ -106,6 +121,14 @@ impl Compactor {
     ) {
         if self.options.min_files < 2 || dirs.is_empty() {
             return;
+        }
+        match self.carrying.get(tp) {
+            Some(e) if *e == epoch => return,
+            Some(_) => {
+                // Taken by an earlier ownership, whose commit was fenced.
+                self.carrying.remove(tp);
+            }
+            None => {}
         }
         if let Some(job) = self.jobs.get(tp) {
             if job.epoch == epoch {
@@ -141,6 +164,7 @@ impl Compactor {
         if let Some(job) = self.jobs.remove(tp) {
             job.handle.abort();
         }
+        self.carrying.remove(tp);
     }
 }
 

@@ -4,13 +4,17 @@
 //! since on HDFS a commit is bound by round trips, not CPU.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::overlap::InFlight;
 use super::part::{MessageIndex, PartBatch, refused_rows, run_on};
 use super::{Pipeline, PipelineError, Stop};
 use crate::ledger::{CommitState, LedgerError, PartitionLedger, Progress};
-use crate::retry::{RetryError, Transient, retry_reporting};
+use crate::metrics::{Health, Metrics};
+use crate::retry::{Backoff, RetryError, Transient, retry_reporting};
 use crate::sink::dead_letter;
 use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError, LakeSink, MergedFile};
 use crate::source::{Source, TopicPartition};
@@ -18,8 +22,8 @@ use crate::transform::isolate::run_isolating;
 use crate::transform::{Target, Transform};
 
 /// One partition's commit, encoded and waiting for its I/O.
-struct Prepared {
-    tp: TopicPartition,
+pub(super) struct Prepared {
+    pub tp: TopicPartition,
     next_offset: i64,
     ledger: PartitionLedger,
     /// What to encode: the offsets covered and every dataset's output.
@@ -87,14 +91,19 @@ impl<S: Source> Pipeline<S> {
         Ok(())
     }
 
-    /// Commit every partition of the batch that holds anything new. Returns the partitions whose
-    /// commit was fenced (another writer moved their ledger on).
+    /// Commit every partition of the batch that holds anything new (see [`Committed`]).
+    ///
+    /// A commit of the previous batch still in flight lands first (its outcome may ask for
+    /// messages to be processed again: [`Committed::Redo`]). Then, when this engine is alone on
+    /// the topic and the next batch is already waiting, this batch's commit goes on in the
+    /// background while the next batch is processed ([`Committed::InFlight`]: the partitions'
+    /// state moves on at once, as if committed); else it is waited for here.
     pub(super) async fn commit_parts(
         &mut self,
         parts: &mut [PartBatch],
         shutdown: &CancellationToken,
         at: &mut std::time::Instant,
-    ) -> Result<Vec<TopicPartition>, Stop> {
+    ) -> Result<Committed, Stop> {
         let mut prepared = Vec::new();
         for part in parts.iter_mut() {
             if let Some(mut p) = self.prepare(part)? {
@@ -104,63 +113,46 @@ impl<S: Source> Pipeline<S> {
         }
         encode_all(&self.sinks.lake, &mut prepared)?;
         self.metrics.step("lake_encode", at);
-        let results = {
-            let (lake, backoff, metrics, health) = (
-                &self.sinks.lake,
-                &self.options.backoff,
-                &self.metrics,
-                &self.health,
-            );
-            let timeout = self.options.lake_timeout;
-            let commits = futures::future::join_all(prepared.into_iter().map(|p| async move {
-                let pr = &p;
-                let result = retry_reporting(
-                    "lake commit",
-                    backoff,
-                    shutdown,
-                    |e: &LakeError| {
-                        metrics.error("lake");
-                        if e.is_transient() {
-                            health.set("lake", Some(e.to_string()));
-                        }
-                    },
-                    || {
-                        let (mut ledger, files, merges, state) = (
-                            pr.ledger.clone(),
-                            pr.files.clone(),
-                            pr.merges.clone(),
-                            pr.state.clone(),
-                        );
-                        let (tp, next_offset) = (pr.tp.clone(), pr.next_offset);
-                        async move {
-                            match tokio::time::timeout(
-                                timeout,
-                                lake.commit(&mut ledger, next_offset, files, merges, state),
-                            )
-                            .await
-                            {
-                                Ok(r) => r.map(|()| ledger),
-                                Err(_) => Err(LakeError::Ledger(LedgerError::Store {
-                                    path: tp.to_string(),
-                                    source: object_store::Error::Generic {
-                                        store: "lake",
-                                        source: format!(
-                                            "the commit took longer than {}s (lake.timeout)",
-                                            timeout.as_secs()
-                                        )
-                                        .into(),
-                                    },
-                                })),
-                            }
-                        }
-                    },
-                )
-                .await;
-                (p, result)
-            }));
-            // While the commits wait on the store, the next batch is read (and decoded).
-            reading_ahead!(self, commits).await
-        };
+        if self.in_flight.is_some() {
+            if self.land(shutdown).await? {
+                return Ok(Committed::Redo);
+            }
+            // The previous batch's points land before this commit, which may record windows
+            // closed.
+            self.settle_points().await?;
+            // Each commit builds on the ledger the previous one left.
+            let owned = &self.book.owned;
+            prepared.retain_mut(|p| match owned.get(&p.tp) {
+                Some(o) if o.epoch == p.epoch => {
+                    p.ledger = o.ledger.clone();
+                    true
+                }
+                _ => false,
+            });
+            *at = std::time::Instant::now();
+        }
+        let overlap = self.may_overlap();
+        if overlap {
+            for p in &prepared {
+                self.apply_state(p, parts);
+            }
+        }
+        let commit = commit_all(
+            self.sinks.lake.clone(),
+            self.options.backoff.clone(),
+            shutdown.clone(),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.health),
+            self.options.lake_timeout,
+            prepared,
+        );
+        if overlap {
+            self.metrics.lake_commits_overlapped.inc();
+            self.in_flight = Some(InFlight::new(tokio::spawn(commit)));
+            return Ok(Committed::InFlight);
+        }
+        // While the commits wait on the store, the next batch is read (and decoded).
+        let results = reading_ahead!(self, commit).await;
         self.metrics.step("lake_commit", at);
         let mut fenced = Vec::new();
         let mut failed = None;
@@ -169,9 +161,11 @@ impl<S: Source> Pipeline<S> {
             match result {
                 Ok(ledger) => {
                     self.health.set("lake", None);
-                    self.apply(p, ledger, parts, merge_round);
+                    self.apply_state(&p, parts);
+                    self.apply_landed(p, ledger, merge_round);
                 }
                 Err(RetryError::Permanent(LakeError::Ledger(LedgerError::Fenced { .. }))) => {
+                    self.metrics.lake_commits_fenced.inc();
                     fenced.push(p.tp);
                 }
                 Err(RetryError::Permanent(e)) => failed = Some(Stop::Failed(e.into())),
@@ -180,8 +174,19 @@ impl<S: Source> Pipeline<S> {
         }
         match failed {
             Some(stop) => Err(stop),
-            None => Ok(fenced),
+            None => Ok(Committed::Landed { fenced }),
         }
+    }
+
+    /// May this batch's commit go on while the next batch is processed? Only when no other
+    /// engine shares the topic (their points depend on checking this engine's commits, in line),
+    /// a batch is waiting (else there is nothing to overlap with, and the batch should count as
+    /// done when it is), and no ownership change is pending.
+    fn may_overlap(&self) -> bool {
+        self.options.overlap_commits
+            && !self.has_others()
+            && self.ahead.has_batch()
+            && !self.source.has_events()
     }
 
     /// Encode a partition's commit.
@@ -243,27 +248,38 @@ impl<S: Source> Pipeline<S> {
         }))
     }
 
-    /// Record a partition's successful commit.
-    fn apply(
-        &mut self,
-        p: Prepared,
-        ledger: PartitionLedger,
-        parts: &mut [PartBatch],
-        merge_round: bool,
-    ) {
+    /// A partition's state after its commit: progress, open windows and the next offset to
+    /// commit. Set when the commit lands, or, for a commit going on in the background, when it
+    /// starts (the next batch builds on it).
+    fn apply_state(&mut self, p: &Prepared, parts: &mut [PartBatch]) {
         let part = parts.iter_mut().find(|x| x.tp == p.tp);
-        if let Some(o) = self.book.owned.get_mut(&p.tp) {
-            o.ledger = ledger;
+        if let Some(o) = self.book.owned.get_mut(&p.tp)
+            && o.epoch == p.epoch
+        {
+            o.ledger.next_offset = o.ledger.next_offset.max(p.next_offset);
             o.progress = p.state.progress.clone();
             if let Some(w) = part.and_then(|x| x.windows.take()) {
                 o.windows = w;
             }
+        }
+    }
+
+    /// Record a partition's commit that landed: its ledger, the counts, and merges its files may
+    /// need now.
+    pub(super) fn apply_landed(&mut self, p: Prepared, ledger: PartitionLedger, merge_round: bool) {
+        if let Some(o) = self.book.owned.get_mut(&p.tp)
+            && o.epoch == p.epoch
+        {
+            o.ledger = ledger;
         }
         for f in &p.files {
             self.metrics.rows("lake", &f.dataset, f.rows as u64);
             if f.dataset != dead_letter::DATASET {
                 *self.summary.lake_rows.entry(f.dataset.clone()).or_default() += f.rows as u64;
             }
+        }
+        if !p.merges.is_empty() {
+            self.compactor.carried(&p.tp);
         }
         for m in &p.merges {
             tracing::debug!(partition = %p.tp, dataset = %m.dataset, file = %m.relative,
@@ -294,6 +310,85 @@ impl<S: Source> Pipeline<S> {
         );
     }
 }
+
+/// What became of a batch's commit.
+pub(super) enum Committed {
+    /// Waited for; the partitions whose commit was fenced (another writer moved their ledger on).
+    Landed {
+        /// Fenced partitions.
+        fenced: Vec<TopicPartition>,
+    },
+    /// Going on in the background ([`Pipeline::land`] finishes it).
+    InFlight,
+    /// The previous batch's commit was fenced for some partitions: their messages wait in
+    /// `Pipeline::redo`, to be processed with this batch again.
+    Redo,
+}
+
+/// Every partition's commit, each retried while the store is unreachable; in the background or
+/// in line.
+async fn commit_all(
+    lake: LakeSink,
+    backoff: Backoff,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    timeout: Duration,
+    prepared: Vec<Prepared>,
+) -> Vec<CommitResult> {
+    let (lake, backoff, shutdown, metrics, health) =
+        (&lake, &backoff, &shutdown, &metrics, &health);
+    futures::future::join_all(prepared.into_iter().map(|p| async move {
+        let pr = &p;
+        let result = retry_reporting(
+            "lake commit",
+            backoff,
+            shutdown,
+            |e: &LakeError| {
+                metrics.error("lake");
+                if e.is_transient() {
+                    health.set("lake", Some(e.to_string()));
+                }
+            },
+            || {
+                let (mut ledger, files, merges, state) = (
+                    pr.ledger.clone(),
+                    pr.files.clone(),
+                    pr.merges.clone(),
+                    pr.state.clone(),
+                );
+                let (tp, next_offset) = (pr.tp.clone(), pr.next_offset);
+                async move {
+                    match tokio::time::timeout(
+                        timeout,
+                        lake.commit(&mut ledger, next_offset, files, merges, state),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map(|()| ledger),
+                        Err(_) => Err(LakeError::Ledger(LedgerError::Store {
+                            path: tp.to_string(),
+                            source: object_store::Error::Generic {
+                                store: "lake",
+                                source: format!(
+                                    "the commit took longer than {}s (lake.timeout)",
+                                    timeout.as_secs()
+                                )
+                                .into(),
+                            },
+                        })),
+                    }
+                }
+            },
+        )
+        .await;
+        (p, result)
+    }))
+    .await
+}
+
+/// One partition's commit and how it went.
+pub(super) type CommitResult = (Prepared, Result<PartitionLedger, RetryError<LakeError>>);
 
 /// Encode every partition's files, the partitions split over two threads (Parquet encoding is
 /// the CPU part of a commit; the machine it was tuned on has two cores).

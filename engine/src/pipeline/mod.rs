@@ -36,6 +36,7 @@ mod batch;
 mod compaction;
 mod gate;
 mod lake_step;
+mod overlap;
 mod part;
 pub mod partitions;
 mod points;
@@ -168,6 +169,9 @@ pub struct PipelineOptions {
     pub engine_metrics: bool,
     /// When to merge small lake files.
     pub compact: CompactOptions,
+    /// Let a batch's lake commit go on while the next batch is processed, when this engine is
+    /// alone on the topic and behind it (see `pipeline::overlap`).
+    pub overlap_commits: bool,
 }
 
 impl PipelineOptions {
@@ -193,6 +197,7 @@ impl PipelineOptions {
                 max_bytes: c.lake.compact_bytes,
                 interval: c.lake.compact_interval.0,
             },
+            overlap_commits: true,
         }
     }
 }
@@ -315,6 +320,10 @@ pub struct Pipeline<S: Source> {
     pending_points: Option<points::PendingWrite>,
     /// Batches committed whose points are in `pending_points` (recorded when those land).
     unfinished: Vec<batch::Done>,
+    /// A batch whose lake commit is going on.
+    in_flight: Option<overlap::InFlight>,
+    /// Messages whose commit was fenced while in flight, to process again.
+    redo: Vec<crate::source::Message>,
     /// Windowed queries whose open windows owned partitions must fill from the lake.
     to_seed: BTreeMap<String, Vec<TopicPartition>>,
     /// Merges of small lake files in progress.
@@ -351,6 +360,8 @@ impl<S: Source> Pipeline<S> {
             ahead: ReadAhead::default(),
             pending_points: None,
             unfinished: Vec::new(),
+            in_flight: None,
+            redo: Vec::new(),
             to_seed: BTreeMap::new(),
             compactor,
             metrics,
@@ -418,10 +429,15 @@ impl<S: Source> Pipeline<S> {
     /// the points still being written land before this returns.
     pub async fn run(&mut self, shutdown: &CancellationToken) -> Result<RunSummary, PipelineError> {
         let out = self.run_batches(shutdown).await;
-        match self.settle_points().await {
-            Err(Stop::Failed(e)) if out.is_ok() => Err(e),
-            _ => out,
+        let drained = self.drain(shutdown).await;
+        let settled = self.settle_points().await;
+        out?;
+        for end in [drained, settled] {
+            if let Err(Stop::Failed(e)) = end {
+                return Err(e);
+            }
         }
+        Ok(self.summary.clone())
     }
 
     async fn run_batches(
@@ -453,7 +469,8 @@ impl<S: Source> Pipeline<S> {
                 // A quiet topic: windows every partition has passed still close.
                 self.close_windows_now().await;
             }
-            if !messages.is_empty() {
+            let messages = Arc::new(messages);
+            if !messages.is_empty() || !self.redo.is_empty() {
                 loop {
                     match self.process(&messages, &mut decoded, shutdown).await {
                         Ok(()) => {
@@ -468,6 +485,11 @@ impl<S: Source> Pipeline<S> {
                             // same batch again.
                             tracing::error!(problem = %why, retry_in_s = stalled_wait.as_secs(),
                                 "consumption stopped: a transform fails for every row; fix or remove the query file");
+                            match self.land(shutdown).await {
+                                Ok(_) | Err(Stop::Stalled(_)) => {}
+                                Err(Stop::Shutdown) => return Ok(self.summary.clone()),
+                                Err(Stop::Failed(e)) => return Err(e),
+                            }
                             self.health.set("transform", Some(why));
                             tokio::select! {
                                 _ = shutdown.cancelled() => return Ok(self.summary.clone()),
@@ -486,7 +508,12 @@ impl<S: Source> Pipeline<S> {
             if !self.ahead.has_batch() {
                 // No batch waiting to overlap with: points still being written land now, and
                 // their batches count as done (a batch that kept no message, or a topic going
-                // quiet, never leaves them pending).
+                // quiet, never leaves them pending). So does a commit in flight.
+                match self.drain(shutdown).await {
+                    Ok(()) | Err(Stop::Stalled(_)) => {}
+                    Err(Stop::Shutdown) => return Ok(self.summary.clone()),
+                    Err(Stop::Failed(e)) => return Err(e),
+                }
                 match self.settle_points().await {
                     Ok(()) | Err(Stop::Stalled(_)) => {}
                     Err(Stop::Shutdown) => return Ok(self.summary.clone()),
@@ -524,6 +551,8 @@ impl<S: Source> Pipeline<S> {
         {
             return Ok(());
         }
+        // Seeding reads the lake: the commit in flight lands first.
+        self.land(shutdown).await?;
         // State of a removed or another version of a query is not reused; a new or changed
         // windowed query fills its open windows from the lake.
         let live = self.queries.window_keys();
@@ -549,6 +578,10 @@ impl<S: Source> Pipeline<S> {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<HashSet<TopicPartition>, Stop> {
+        if self.source.has_events() {
+            // Ownership moves: the commit in flight lands under the ownership it was made for.
+            self.land(shutdown).await?;
+        }
         let mut revoked_now = HashSet::new();
         let mut loaded = Vec::new();
         for event in self.source.take_events() {

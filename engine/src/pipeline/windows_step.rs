@@ -237,7 +237,7 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// Are there partitions of the topic this engine does not own?
-    fn has_others(&self) -> bool {
+    pub(super) fn has_others(&self) -> bool {
         self.book
             .view
             .ends
@@ -335,7 +335,11 @@ impl<S: Source> Pipeline<S> {
 
     /// The merged points of `windows`, appended to `body`. The final merges of the queries run
     /// as tasks of their own (each is a separate DataFusion plan), so they share the cores.
-    async fn merged_points(&mut self, windows: &WindowSet, body: &mut String) -> Result<u64, Stop> {
+    pub(super) async fn merged_points(
+        &mut self,
+        windows: &WindowSet,
+        body: &mut String,
+    ) -> Result<u64, Stop> {
         let mut merges = Vec::new();
         for (key, starts) in windows {
             let Some(w) = self.queries.windows.get(key).cloned() else {
