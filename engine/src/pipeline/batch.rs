@@ -9,7 +9,9 @@
 //! dead letters, progress and window state in one ledger step each; when a commit is fenced, reload
 //! that partition and process the batch again (what was committed is now a replay); write the
 //! points of the windows the batch touched; record the source positions; close windows every
-//! partition has passed.
+//! partition has passed. When this engine is alone on the topic and the next batch is waiting,
+//! the commit goes on while the next batch is processed, and what follows it waits until it
+//! lands ([`super::overlap`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};

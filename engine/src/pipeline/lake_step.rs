@@ -180,13 +180,33 @@ impl<S: Source> Pipeline<S> {
 
     /// May this batch's commit go on while the next batch is processed? Only when no other
     /// engine shares the topic (their points depend on checking this engine's commits, in line),
-    /// a batch is waiting (else there is nothing to overlap with, and the batch should count as
-    /// done when it is), and no ownership change is pending.
+    /// the engine is [`Self::behind`] the source (else there is nothing to overlap with, and a
+    /// batch should count as done as soon as it is), and no ownership change is pending.
     fn may_overlap(&self) -> bool {
         self.options.overlap_commits
             && !self.has_others()
-            && self.ahead.has_batch()
+            && self.behind()
             && !self.source.has_events()
+    }
+
+    /// Is the engine behind the source: a whole batch read ahead, or, by the topic view (at most
+    /// a second old), at least two full batches left to read in the partitions it owns? A
+    /// stream this engine keeps up with is not (its batches end by linger).
+    pub(super) fn behind(&self) -> bool {
+        if self.ahead.has_batch() {
+            return true;
+        }
+        let backlog: i64 = self
+            .book
+            .view
+            .ends
+            .iter()
+            .filter_map(|(tp, end)| {
+                let o = self.book.owned.get(tp)?;
+                Some((end - o.ledger.next_offset).max(0))
+            })
+            .sum();
+        backlog >= 2 * self.options.limits.max_rows as i64
     }
 
     /// Encode a partition's commit.

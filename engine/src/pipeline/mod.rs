@@ -505,15 +505,18 @@ impl<S: Source> Pipeline<S> {
                     }
                 }
             }
-            if !self.ahead.has_batch() {
-                // No batch waiting to overlap with: points still being written land now, and
-                // their batches count as done (a batch that kept no message, or a topic going
-                // quiet, never leaves them pending). So does a commit in flight.
+            if !self.behind() {
+                // Caught up: a commit in flight lands now (its batch counts as done when it is).
                 match self.drain(shutdown).await {
                     Ok(()) | Err(Stop::Stalled(_)) => {}
                     Err(Stop::Shutdown) => return Ok(self.summary.clone()),
                     Err(Stop::Failed(e)) => return Err(e),
                 }
+            }
+            if !self.ahead.has_batch() {
+                // No batch waiting to overlap with: points still being written land now, and
+                // their batches count as done (a batch that kept no message, or a topic going
+                // quiet, never leaves them pending).
                 match self.settle_points().await {
                     Ok(()) | Err(Stop::Stalled(_)) => {}
                     Err(Stop::Shutdown) => return Ok(self.summary.clone()),

@@ -2,8 +2,8 @@
 //!
 //! On HDFS a commit waits on the store (about half a second, most of it the client's pause
 //! before a new file's close is confirmed), not on CPU. When this engine is alone on the topic
-//! and the next batch is already waiting, the commit of batch *i* goes on in the background
-//! ([`super::lake_step`]) and batch *i + 1* is decoded, transformed, folded into the windows and
+//! and behind it (a batch read ahead, or two batches or more left to read), the commit of batch
+//! *i* goes on in the background ([`super::lake_step`]) and batch *i + 1* is decoded, transformed, folded into the windows and
 //! encoded meanwhile. What keeps this exact:
 //!
 //! - Batch *i*'s state (next offset, event-time progress, open windows) becomes the owned state
@@ -19,7 +19,8 @@
 //!   is redone from the reloaded state, and the windows batch *i* touched are written again from
 //!   the state now held.
 //! - Anything that changes ownership or the queries' state, the end of a run, a stalled batch or
-//!   a source with no batch waiting lands the commit first.
+//!   catching up with the source lands the commit first (a stream the engine keeps up with never
+//!   waits a batch for its points).
 
 use std::sync::Arc;
 
