@@ -207,7 +207,8 @@ impl<S: Source> Pipeline<S> {
         if self.any_at_view_end() {
             self.refresh_view_within(std::time::Duration::ZERO).await;
         }
-        self.close_windows();
+        let hold = self.in_flight.is_some();
+        self.close_windows(hold);
     }
 
     /// Does the view held show some partition processed to its end (so it would count as caught

@@ -117,9 +117,6 @@ impl<S: Source> Pipeline<S> {
             if self.land(shutdown).await? {
                 return Ok(Committed::Redo);
             }
-            // The previous batch's points land before this commit, which may record windows
-            // closed.
-            self.settle_points().await?;
             // Each commit builds on the ledger the previous one left.
             let owned = &self.book.owned;
             prepared.retain_mut(|p| match owned.get(&p.tp) {
@@ -230,12 +227,29 @@ impl<S: Source> Pipeline<S> {
             *e = (*e).max(*m);
         }
         let windows = part.windows.as_ref().unwrap_or(&owned.windows);
+        if let Some(held) = &owned.held {
+            progress.closed_before_ms = held.closed_before_ms.clone();
+        }
         let mut blobs = BTreeMap::new();
         let empty = crate::windows::state::QueryState::default();
         // Every windowed query has its (possibly empty) state in the entry: a query missing from
         // an entry is one the partition never ran, which a later load fills from the lake.
         for (key, w) in &self.queries.windows {
             let state = windows.queries.get(key).unwrap_or(&empty);
+            let with_held;
+            let state = match owned.held.as_ref().and_then(|h| h.windows.queries.get(key)) {
+                // Windows the last close dropped are still open in this commit (no row of this
+                // batch went into them: they were closed when it was folded).
+                Some(before) => {
+                    let mut all = state.clone();
+                    for (start, rows) in &before.windows {
+                        all.windows.entry(*start).or_insert_with(|| rows.clone());
+                    }
+                    with_held = all;
+                    &with_held
+                }
+                None => state,
+            };
             blobs.insert(
                 key.clone(),
                 state
@@ -277,7 +291,8 @@ impl<S: Source> Pipeline<S> {
             && o.epoch == p.epoch
         {
             o.ledger.next_offset = o.ledger.next_offset.max(p.next_offset);
-            o.progress = p.state.progress.clone();
+            // The boundary held is the one recorded; the one in memory stays.
+            o.progress.max_event_ms = p.state.progress.max_event_ms.clone();
             if let Some(w) = part.and_then(|x| x.windows.take()) {
                 o.windows = w;
             }

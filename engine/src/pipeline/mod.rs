@@ -706,6 +706,7 @@ impl<S: Source> Pipeline<S> {
                 windows,
                 next_processed: None,
                 epoch: Owned::next_epoch(),
+                held: None,
             },
         );
         // Is it still the topic the ledger recorded?

@@ -10,8 +10,10 @@
 //!   when its commit starts, and windows close in memory after it as before; batch *i + 1* builds
 //!   on it. Nothing of it is visible outside until the commit lands.
 //! - Commits stay in order: batch *i + 1*'s commit starts only after *i*'s landed (its ledger
-//!   entry is the next one), and after *i*'s window points landed (its entry may record windows
-//!   closed; their last points must be in InfluxDB first).
+//!   entry is the next one) and after the window points of *i - 1* landed. It does not wait for
+//!   *i*'s points: the windows the close after batch *i* dropped are still in its entry, with the
+//!   boundary before that close ([`super::partitions::Held`]), so a crash before *i*'s points
+//!   land leaves them open in the ledger and the restart writes their points again.
 //! - Window points of batch *i* are merged from the state the commit carries and written only
 //!   after it lands; source positions are recorded only after both.
 //! - A partition whose commit was fenced (another writer moved its ledger on) is reloaded; its
@@ -131,6 +133,9 @@ impl<S: Source> Pipeline<S> {
             }
         }
         if fenced.is_empty() {
+            // The points of the batch before land first: the next commit records the windows
+            // closed after that batch (it holds those closed after this one; see `Held`).
+            self.settle_points().await?;
             self.write_influx_later(body, false, shutdown);
         }
         if self.pending_points.is_some() {

@@ -30,6 +30,22 @@ pub struct Owned {
     /// Which ownership this is: a new one for every load (work begun for an earlier ownership,
     /// like a merge of its files, is not used by a later one).
     pub epoch: u64,
+    /// What the last close dropped while its batch's points were not written yet (its commit
+    /// in flight): the next commit still carries it.
+    pub held: Option<Held>,
+}
+
+/// Open windows and the close boundary as they were before a close whose batch's window points
+/// may not have landed when the next commit goes: that commit records these (the windows the
+/// close dropped stay in its state, the boundary is the one before), so a crash before the
+/// points land leaves those windows open in the ledger, and the restart writes their points
+/// again. The commit after it, which waits for those points, records the close.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// The open windows before the close.
+    pub windows: PartitionWindows,
+    /// The boundary before the close, per event-time column.
+    pub closed_before_ms: BTreeMap<String, i64>,
 }
 
 impl Owned {

@@ -444,10 +444,18 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// Close the windows every partition of the topic has passed (drop their state; the next
-    /// commit records the boundary), and cap the state at `windows.max_rows`.
-    pub(super) fn close_windows(&mut self) {
+    /// commit records the boundary), and cap the state at `windows.max_rows`. With `hold` (the
+    /// batch's commit is in flight, its points not written), the next commit records the state
+    /// before this close instead ([`super::partitions::Held`]).
+    pub(super) fn close_windows(&mut self, hold: bool) {
         if self.queries.windows.is_empty() {
             return;
+        }
+        for o in self.book.owned.values_mut() {
+            o.held = hold.then(|| super::partitions::Held {
+                windows: o.windows.clone(),
+                closed_before_ms: o.progress.closed_before_ms.clone(),
+            });
         }
         let now = Instant::now();
         let ends = self.book.view.ends.clone();
