@@ -610,3 +610,63 @@ async fn two_writers_racing_with_commits_in_flight_write_each_row_once() {
     let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
     assert_lake_exact(&ctx, n as i64).await;
 }
+
+/// While a commit goes on in the background, the next commit does not wait for the previous
+/// batch's window points; it must then still hold the windows the close after that batch
+/// dropped (`pipeline::partitions::Held`). Here no point ever lands in the first run (the
+/// line-protocol file cannot be written: a directory stands in its place) while commits go
+/// on; the first run is stopped, and a second run, with the file writable, must write every
+/// window's final point — the windows closed in the first run's memory included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_closed_while_their_points_were_unwritten_are_written_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 24_000;
+    let all = messages(31, n, &bad_payloads());
+    // Batches of 3,000 span six minutes of event time (30,000 an hour): windows close after
+    // each (lateness 4 minutes, windows of 1 and 5 minutes).
+    let c = config(dir.path(), 3_000);
+    let lp = dir.path().join("metrics.lp");
+    std::fs::create_dir_all(&lp).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Pipeline::from_config(
+        MemorySource::new(all.clone()),
+        &c,
+        "test",
+        Arc::clone(&metrics),
+        Arc::new(Health::default()),
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        stopper.cancel();
+    });
+    p.run(&stop).await.unwrap();
+    drop(p);
+    assert!(
+        metrics.lake_commits_overlapped.get() >= 1,
+        "a commit went on while points were pending"
+    );
+    let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
+    let counted = ctx
+        .sql("SELECT count(*) FROM cars")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let committed = counted[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0) as u64;
+    assert!(committed > 0, "the first run committed rows");
+    assert!(committed < n as u64, "and stopped before the end");
+    std::fs::remove_dir(&lp).unwrap();
+    let (_, summary) = run(MemorySource::new(all), &c).await;
+    assert!(summary.replayed > 0);
+    check_lake_and_points(dir.path(), n as i64).await;
+}
