@@ -670,3 +670,49 @@ async fn windows_closed_while_their_points_were_unwritten_are_written_after_a_re
     assert!(summary.replayed > 0);
     check_lake_and_points(dir.path(), n as i64).await;
 }
+
+/// A windowed query edited while commits go on in the background: the windows the last close
+/// held for the next commit (`pipeline::partitions::Held`) belong to the query's old version
+/// and must not go into the new version's state (whose aggregates differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_query_edited_while_commits_are_in_flight_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let qdir = dir.path().join("queries");
+    std::fs::create_dir_all(&qdir).unwrap();
+    for e in std::fs::read_dir(queries()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), qdir.join(e.file_name())).unwrap();
+    }
+    let n = 60_000;
+    let mut c = config(dir.path(), 3_000);
+    c.queries.dir = qdir.clone();
+    c.queries.reload = true;
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Pipeline::from_config(
+        MemorySource::new(messages(41, n, &[])),
+        &c,
+        "test",
+        Arc::clone(&metrics),
+        Arc::new(Health::default()),
+    )
+    .await
+    .unwrap();
+    let file = qdir.join("sales_by_brand.sql");
+    let edited = std::fs::read_to_string(&file).unwrap().replace(
+        "sum(price) AS revenue",
+        "sum(price) AS revenue,\n       max(price) AS top_price",
+    );
+    let watched = Arc::clone(&metrics);
+    let editor = tokio::spawn(async move {
+        while watched.lake_commits_overlapped.get() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        std::fs::write(&file, edited).unwrap();
+    });
+    let summary = p.run(&CancellationToken::new()).await;
+    editor.await.unwrap();
+    let summary = summary.expect("the engine runs on across the edit");
+    assert_eq!(summary.records_in, n as u64);
+    let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
+    assert_lake_exact(&ctx, n as i64).await;
+}

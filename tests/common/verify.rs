@@ -71,7 +71,23 @@ pub async fn lake_context(root: &str) -> SessionContext {
 pub async fn lake_context_with(root: &str, reference: &Path) -> SessionContext {
     let ctx = SessionContext::new();
     let location = Location::open(root).unwrap();
-    register_lake(&ctx, &location).await.unwrap();
+    let found = register_lake(&ctx, &location).await.unwrap();
+    if !ctx.table_exist("cars").unwrap_or(false) {
+        // register_lake skips (with a warning) a dataset whose files it cannot read: say which
+        // files the lake holds (seen once in a full run, not reproduced alone).
+        use futures::TryStreamExt;
+        let listed: Vec<String> = location
+            .store
+            .list(Some(&location.path(&["cars"])))
+            .map_ok(|m| format!("{} ({} bytes)", m.location, m.size))
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| vec![format!("listing failed: {e}")]);
+        panic!(
+            "the lake at {root} has no readable `cars` dataset; datasets registered: {:?}; files under cars/: {listed:#?}",
+            found.iter().map(|d| &d.name).collect::<Vec<_>>()
+        );
+    }
     for entry in std::fs::read_dir(reference).unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "csv") {

@@ -554,8 +554,14 @@ impl<S: Source> Pipeline<S> {
         {
             return Ok(());
         }
-        // Seeding reads the lake: the commit in flight lands first.
+        // Seeding reads the lake: the commit in flight lands first. The windows a close held
+        // for the next commit may be of a query version that stops now: their points land,
+        // and the hold ends.
         self.land(shutdown).await?;
+        self.settle_points().await?;
+        for o in self.book.owned.values_mut() {
+            o.held = None;
+        }
         // State of a removed or another version of a query is not reused; a new or changed
         // windowed query fills its open windows from the lake.
         let live = self.queries.window_keys();
@@ -747,6 +753,7 @@ impl<S: Source> Pipeline<S> {
                     owned.ledger.topic_id = Some(now);
                     owned.progress = Default::default();
                     owned.windows = PartitionWindows::default();
+                    owned.held = None;
                     owned.next_processed = None;
                     Ok(())
                 }
