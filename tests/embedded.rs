@@ -65,19 +65,28 @@ fn config(dir: &Path, max_rows: usize) -> Config {
     c
 }
 
+/// A pipeline over `source` reporting into `metrics`.
+async fn pipeline(
+    source: MemorySource,
+    c: &Config,
+    metrics: &Arc<Metrics>,
+) -> Pipeline<MemorySource> {
+    Pipeline::from_config(
+        source,
+        c,
+        "test",
+        Arc::clone(metrics),
+        Arc::new(Health::default()),
+    )
+    .await
+    .unwrap()
+}
+
 async fn run(
     source: MemorySource,
     c: &Config,
 ) -> (MemorySource, carflow_engine::pipeline::RunSummary) {
-    let mut p = Pipeline::from_config(
-        source,
-        c,
-        "test",
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-    )
-    .await
-    .unwrap();
+    let mut p = pipeline(source, c, &Arc::new(Metrics::new())).await;
     let summary = p.run(&CancellationToken::new()).await.unwrap();
     (p.into_source(), summary)
 }
@@ -505,15 +514,7 @@ async fn merging_small_files_while_readers_query_never_shows_a_row_twice_or_lose
         })
     };
     let metrics = Arc::new(Metrics::new());
-    let mut p = Pipeline::from_config(
-        MemorySource::new(messages(11, n, &[])),
-        &c,
-        "test",
-        Arc::clone(&metrics),
-        Arc::new(Health::default()),
-    )
-    .await
-    .unwrap();
+    let mut p = pipeline(MemorySource::new(messages(11, n, &[])), &c, &metrics).await;
     p.run(&CancellationToken::new()).await.unwrap();
     done.store(true, Ordering::Relaxed);
     let (reads, gone, carflow_last, end) = readers.await.unwrap();
@@ -580,10 +581,7 @@ async fn two_writers_racing_with_commits_in_flight_write_each_row_once() {
         let (c, msgs) = (config(dir.path(), batch), msgs.clone());
         tokio::spawn(async move {
             let source = MemorySource::new(msgs).with_rebalances(rebalances);
-            let mut p =
-                Pipeline::from_config(source, &c, "racer", metrics, Arc::new(Health::default()))
-                    .await
-                    .unwrap();
+            let mut p = pipeline(source, &c, &metrics).await;
             p.run(&CancellationToken::new()).await.unwrap()
         })
     };
@@ -628,15 +626,7 @@ async fn windows_closed_while_their_points_were_unwritten_are_written_after_a_re
     let lp = dir.path().join("metrics.lp");
     std::fs::create_dir_all(&lp).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let mut p = Pipeline::from_config(
-        MemorySource::new(all.clone()),
-        &c,
-        "test",
-        Arc::clone(&metrics),
-        Arc::new(Health::default()),
-    )
-    .await
-    .unwrap();
+    let mut p = pipeline(MemorySource::new(all.clone()), &c, &metrics).await;
     let stop = CancellationToken::new();
     let stopper = stop.clone();
     tokio::spawn(async move {
@@ -650,19 +640,7 @@ async fn windows_closed_while_their_points_were_unwritten_are_written_after_a_re
         "a commit went on while points were pending"
     );
     let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
-    let counted = ctx
-        .sql("SELECT count(*) FROM cars")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let committed = counted[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0) as u64;
+    let committed = scalar(&ctx, "SELECT count(*) FROM cars").await as u64;
     assert!(committed > 0, "the first run committed rows");
     assert!(committed < n as u64, "and stopped before the end");
     std::fs::remove_dir(&lp).unwrap();
@@ -688,15 +666,7 @@ async fn a_windowed_query_edited_while_commits_are_in_flight_keeps_running() {
     c.queries.dir = qdir.clone();
     c.queries.reload = true;
     let metrics = Arc::new(Metrics::new());
-    let mut p = Pipeline::from_config(
-        MemorySource::new(messages(41, n, &[])),
-        &c,
-        "test",
-        Arc::clone(&metrics),
-        Arc::new(Health::default()),
-    )
-    .await
-    .unwrap();
+    let mut p = pipeline(MemorySource::new(messages(41, n, &[])), &c, &metrics).await;
     let file = qdir.join("sales_by_brand.sql");
     let edited = std::fs::read_to_string(&file).unwrap().replace(
         "sum(price) AS revenue",
