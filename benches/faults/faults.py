@@ -1451,7 +1451,8 @@ class Run:
                 for k in ("carflow_records_in_total", "carflow_dead_letters_total", "carflow_late_rows_total",
                           "carflow_replayed_total", "carflow_batches_total", "carflow_query_errors_total",
                           "carflow_windows_closed_early_total", "carflow_influx_rejected_total",
-                          "carflow_lake_merges_total", "carflow_lake_files_merged_total"):
+                          "carflow_lake_merges_total", "carflow_lake_files_merged_total",
+                          "carflow_lake_commits_overlapped_total", "carflow_lake_commits_fenced_total"):
                     metrics_sum[k] += m.get(k, 0)
         peak_rss_mb = round(self.mon.peak_rss_kb / 1024, 1)
         checks = {
@@ -1578,6 +1579,11 @@ class Run:
             f"{int(d['engine_metrics_sum_over_processes'].get('carflow_lake_merges_total', 0)):,}, replacing "
             f"{int(d['engine_metrics_sum_over_processes'].get('carflow_lake_files_merged_total', 0)):,} files; "
             f"lake.compact_files {d.get('compact_files')}, every {d.get('compact_interval')})",
+            f"  {'commits in the background':<34} "
+            f"{int(d['engine_metrics_sum_over_processes'].get('carflow_lake_commits_overlapped_total', 0)):>12,}"
+            f"   (of {int(d['engine_metrics_sum_over_processes'].get('carflow_batches_total', 0)):,} batches; only while an engine "
+            f"is alone and behind; partition commits fenced: "
+            f"{int(d['engine_metrics_sum_over_processes'].get('carflow_lake_commits_fenced_total', 0)):,})",
             f"  {'consumer-group lag':<34} {d['consumer_lag']:>12,}",
             f"  {'peak RSS per engine':<34} {d['peak_rss_mb']:>10,.0f} MB",
             f"  {'drained after producing':<34} {fmt(d['drain_s']):>12}   (producing took {d['produce_s']:.0f}s, "
