@@ -9,9 +9,9 @@
 //! dead letters, progress and window state in one ledger step each; when a commit is fenced, reload
 //! that partition and process the batch again (what was committed is now a replay); write the
 //! points of the windows the batch touched; record the source positions; close windows every
-//! partition has passed. When this engine is alone on the topic and the next batch is waiting,
-//! the commit goes on while the next batch is processed, and what follows it waits until it
-//! lands ([`super::overlap`]).
+//! partition has passed. When this engine is alone on the topic and behind it, the commit goes
+//! on while the next batch is processed, and what follows it waits until it lands
+//! ([`super::overlap`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::lake_step::Committed;
+use super::overlap::InFlight;
 use super::part::{MessageIndex, PartBatch};
 use super::partitions::{from_offset, max_time, offset_ranges, split_by_partition};
 use super::{Pipeline, PipelineError, Stop};
@@ -108,34 +109,28 @@ impl<S: Source> Pipeline<S> {
             let fenced = match self.commit_parts(&mut parts, shutdown, &mut at).await? {
                 Committed::Landed { fenced } => fenced,
                 Committed::Redo => continue,
-                Committed::InFlight => {
-                    let mut windows = touched;
-                    windows.retain(|_, s| !s.is_empty());
+                Committed::InFlight(task) => {
                     let mut body = String::new();
-                    let window_points = self.merged_points(&windows, &mut body).await?;
+                    let window_points = self.merged_points(&touched, &mut body).await?;
                     self.metrics.step("window_merge", &mut at);
                     let tallies = parts
                         .iter()
-                        .map(|p| {
-                            (
-                                p.tp.clone(),
-                                self.tally(std::slice::from_ref(p), 0, 0, started),
-                            )
-                        })
+                        .map(|p| (p.tp.clone(), self.part_tally(p)))
                         .collect();
                     let messages = match kept {
                         Cow::Borrowed(_) => Arc::clone(&batch),
                         Cow::Owned(v) => Arc::new(v),
                     };
-                    if let Some(f) = self.in_flight.as_mut() {
-                        f.messages = messages;
-                        f.body = body;
-                        f.points = row_points + window_points;
-                        f.touched = windows;
-                        f.tallies = tallies;
-                        f.bytes = bytes as u64;
-                        f.started = started;
-                    }
+                    self.in_flight = Some(InFlight {
+                        task,
+                        messages,
+                        body,
+                        points: row_points + window_points,
+                        touched,
+                        tallies,
+                        bytes: bytes as u64,
+                        started,
+                    });
                     self.close_windows_now().await;
                     self.metrics.step("close", &mut at);
                     return Ok(());
@@ -207,8 +202,7 @@ impl<S: Source> Pipeline<S> {
         if self.any_at_view_end() {
             self.refresh_view_within(std::time::Duration::ZERO).await;
         }
-        let hold = self.in_flight.is_some();
-        self.close_windows(hold);
+        self.close_windows();
     }
 
     /// Does the view held show some partition processed to its end (so it would count as caught
@@ -308,33 +302,36 @@ impl<S: Source> Pipeline<S> {
 
     /// What a committed batch adds to the counts.
     fn tally(&self, parts: &[PartBatch], bytes: usize, points: u64, started: Instant) -> Done {
+        let mut done = Done::default();
+        done.add_batch(bytes as u64, points, started);
+        for part in parts {
+            done.absorb(self.part_tally(part));
+        }
+        done
+    }
+
+    /// What one partition's share of a committed batch adds to the counts.
+    pub(super) fn part_tally(&self, part: &PartBatch) -> Done {
         let mut done = Done {
-            bytes: bytes as u64,
-            points,
-            started,
+            records: part.range.2,
+            rows: part.fresh.as_ref().map_or(0, |r| r.num_rows() as u64),
+            late: part.late,
+            replayed: part.replayed,
+            lake_inputs: part.lake_inputs.clone(),
+            dead: part.dead.len() as u64,
             ..Done::default()
         };
-        for part in parts {
-            done.records += part.range.2;
-            done.rows += part.fresh.as_ref().map_or(0, |r| r.num_rows() as u64);
-            done.late += part.late;
-            done.replayed += part.replayed;
-            for (d, n) in &part.lake_inputs {
-                *done.lake_inputs.entry(d.clone()).or_default() += n;
+        for d in &part.dead {
+            match &d.transform {
+                None => done.undecodable += 1,
+                Some(t) => *done.transform_dead.entry(t.clone()).or_default() += 1,
             }
-            for d in &part.dead {
-                match &d.transform {
-                    None => done.undecodable += 1,
-                    Some(t) => *done.transform_dead.entry(t.clone()).or_default() += 1,
-                }
-            }
-            done.dead += part.dead.len() as u64;
-            if let Some(o) = self.book.owned.get(&part.tp) {
-                done.commits.push(PartitionCommit {
-                    tp: part.tp.clone(),
-                    next_offset: o.ledger.next_offset.max(part.range.1 + 1),
-                });
-            }
+        }
+        if let Some(o) = self.book.owned.get(&part.tp) {
+            done.commits.push(PartitionCommit {
+                tp: part.tp.clone(),
+                next_offset: o.ledger.next_offset.max(part.range.1 + 1),
+            });
         }
         done
     }

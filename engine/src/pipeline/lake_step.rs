@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::overlap::InFlight;
 use super::part::{MessageIndex, PartBatch, refused_rows, run_on};
 use super::{Pipeline, PipelineError, Stop};
 use crate::ledger::{CommitState, LedgerError, PartitionLedger, Progress};
@@ -94,10 +93,11 @@ impl<S: Source> Pipeline<S> {
     /// Commit every partition of the batch that holds anything new (see [`Committed`]).
     ///
     /// A commit of the previous batch still in flight lands first (its outcome may ask for
-    /// messages to be processed again: [`Committed::Redo`]). Then, when this engine is alone on
-    /// the topic and the next batch is already waiting, this batch's commit goes on in the
-    /// background while the next batch is processed ([`Committed::InFlight`]: the partitions'
-    /// state moves on at once, as if committed); else it is waited for here.
+    /// messages to be processed again: [`Committed::Redo`]). The partitions' state moves on as
+    /// the commit starts (a failed commit stops the engine, a fenced one reloads the
+    /// partition). Then, when this engine is alone on the topic and behind it, the commit goes on
+    /// in the background while the next batch is processed ([`Committed::InFlight`]); else it
+    /// is waited for here.
     pub(super) async fn commit_parts(
         &mut self,
         parts: &mut [PartBatch],
@@ -128,11 +128,8 @@ impl<S: Source> Pipeline<S> {
             });
             *at = std::time::Instant::now();
         }
-        let overlap = self.may_overlap();
-        if overlap {
-            for p in &prepared {
-                self.apply_state(p, parts);
-            }
+        for p in &prepared {
+            self.apply_state(p, parts);
         }
         let commit = commit_all(
             self.sinks.lake.clone(),
@@ -143,22 +140,30 @@ impl<S: Source> Pipeline<S> {
             self.options.lake_timeout,
             prepared,
         );
-        if overlap {
+        if self.may_overlap() {
             self.metrics.lake_commits_overlapped.inc();
-            self.in_flight = Some(InFlight::new(tokio::spawn(commit)));
-            return Ok(Committed::InFlight);
+            return Ok(Committed::InFlight(tokio::spawn(commit)));
         }
         // While the commits wait on the store, the next batch is read (and decoded).
         let results = reading_ahead!(self, commit).await;
         self.metrics.step("lake_commit", at);
+        let fenced = self.record_commits(results)?;
+        Ok(Committed::Landed { fenced })
+    }
+
+    /// Record the partitions' commits of a batch (waited for or landed from the background).
+    /// Returns the fenced partitions; a commit that failed for good stops the engine.
+    pub(super) fn record_commits(
+        &mut self,
+        results: Vec<CommitResult>,
+    ) -> Result<Vec<TopicPartition>, Stop> {
+        let merge_round = self.compactor.round_due();
         let mut fenced = Vec::new();
         let mut failed = None;
-        let merge_round = self.compactor.round_due();
         for (p, result) in results {
             match result {
                 Ok(ledger) => {
                     self.health.set("lake", None);
-                    self.apply_state(&p, parts);
                     self.apply_landed(p, ledger, merge_round);
                 }
                 Err(RetryError::Permanent(LakeError::Ledger(LedgerError::Fenced { .. }))) => {
@@ -171,7 +176,7 @@ impl<S: Source> Pipeline<S> {
         }
         match failed {
             Some(stop) => Err(stop),
-            None => Ok(Committed::Landed { fenced }),
+            None => Ok(fenced),
         }
     }
 
@@ -283,8 +288,7 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// A partition's state after its commit: progress, open windows and the next offset to
-    /// commit. Set when the commit lands, or, for a commit going on in the background, when it
-    /// starts (the next batch builds on it).
+    /// commit. Set when the commit starts (a batch in progress meanwhile builds on it).
     fn apply_state(&mut self, p: &Prepared, parts: &mut [PartBatch]) {
         let part = parts.iter_mut().find(|x| x.tp == p.tp);
         if let Some(o) = self.book.owned.get_mut(&p.tp)
@@ -354,7 +358,7 @@ pub(super) enum Committed {
         fenced: Vec<TopicPartition>,
     },
     /// Going on in the background ([`Pipeline::land`] finishes it).
-    InFlight,
+    InFlight(tokio::task::JoinHandle<Vec<CommitResult>>),
     /// The previous batch's commit was fenced for some partitions: their messages wait in
     /// `Pipeline::redo`, to be processed with this batch again.
     Redo,

@@ -33,14 +33,13 @@ use tokio_util::sync::CancellationToken;
 use super::batch::Done;
 use super::lake_step::CommitResult;
 use super::{Pipeline, PipelineError, Stop, WindowSet};
-use crate::ledger::LedgerError;
-use crate::retry::RetryError;
 use crate::sink::lake::LakeError;
 use crate::source::{Message, Source, TopicPartition};
 
 /// A batch whose commit is going on.
 pub(super) struct InFlight {
-    task: JoinHandle<Vec<CommitResult>>,
+    /// The commit.
+    pub task: JoinHandle<Vec<CommitResult>>,
     /// The batch's messages (those of a fenced partition are processed again).
     pub messages: Arc<Vec<Message>>,
     /// The merged points of the windows the batch touched, written once the commit lands.
@@ -55,22 +54,6 @@ pub(super) struct InFlight {
     pub bytes: u64,
     /// When the batch began.
     pub started: Instant,
-}
-
-impl InFlight {
-    /// A commit just started; the batch's other parts are filled in by its caller.
-    pub fn new(task: JoinHandle<Vec<CommitResult>>) -> Self {
-        Self {
-            task,
-            messages: Arc::new(Vec::new()),
-            body: String::new(),
-            points: 0,
-            touched: WindowSet::new(),
-            tallies: Vec::new(),
-            bytes: 0,
-            started: Instant::now(),
-        }
-    }
 }
 
 impl<S: Source> Pipeline<S> {
@@ -104,27 +87,7 @@ impl<S: Source> Pipeline<S> {
             }
         };
         self.metrics.step("lake_commit", &mut at);
-        let merge_round = self.compactor.round_due();
-        let mut fenced = Vec::new();
-        let mut failed = None;
-        for (p, result) in results {
-            match result {
-                Ok(ledger) => {
-                    self.health.set("lake", None);
-                    self.apply_landed(p, ledger, merge_round);
-                }
-                Err(RetryError::Permanent(LakeError::Ledger(LedgerError::Fenced { .. }))) => {
-                    self.metrics.lake_commits_fenced.inc();
-                    tracing::debug!(partition = %p.tp, "a commit in flight was fenced");
-                    fenced.push(p.tp.clone());
-                }
-                Err(RetryError::Permanent(e)) => failed = Some(Stop::Failed(e.into())),
-                Err(RetryError::Shutdown(_)) => failed = Some(Stop::Shutdown),
-            }
-        }
-        if let Some(stop) = failed {
-            return Err(stop);
-        }
+        let fenced = self.record_commits(results)?;
         let mut done = Done::default();
         done.add_batch(bytes, if fenced.is_empty() { points } else { 0 }, started);
         for (tp, d) in tallies {

@@ -444,13 +444,14 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// Close the windows every partition of the topic has passed (drop their state; the next
-    /// commit records the boundary), and cap the state at `windows.max_rows`. With `hold` (the
-    /// batch's commit is in flight, its points not written), the next commit records the state
-    /// before this close instead ([`super::partitions::Held`]).
-    pub(super) fn close_windows(&mut self, hold: bool) {
+    /// commit records the boundary), and cap the state at `windows.max_rows`. While the batch's
+    /// commit is in flight (its points not written), the next commit records the state before
+    /// this close instead ([`super::partitions::Held`]).
+    pub(super) fn close_windows(&mut self) {
         if self.queries.windows.is_empty() {
             return;
         }
+        let hold = self.in_flight.is_some();
         for o in self.book.owned.values_mut() {
             o.held = hold.then(|| super::partitions::Held {
                 windows: o.windows.clone(),
