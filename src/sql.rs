@@ -46,12 +46,6 @@ pub async fn lake_session(
     Ok((ctx, registry, found.into_iter().map(|d| d.name).collect()))
 }
 
-/// Did a query fail because a merge of small lake files (lake.compact_files) replaced a file it
-/// had listed? Then the lake is consistent and the query is right when run again.
-fn is_merged_away(text: &str) -> bool {
-    text.contains("part-") && (text.contains("not found") || text.contains("No such file"))
-}
-
 /// How often a query that failed on a merged-away file is run again.
 const MERGED_AWAY_RETRIES: usize = 3;
 
@@ -72,7 +66,11 @@ where
     let mut attempt = 0;
     loop {
         match run().await {
-            Err(e) if query && attempt < MERGED_AWAY_RETRIES && is_merged_away(&e.to_string()) => {
+            Err(e)
+                if query
+                    && attempt < MERGED_AWAY_RETRIES
+                    && carflow_engine::catalog::is_merged_away(&e.to_string()) =>
+            {
                 attempt += 1;
                 if !quiet {
                     eprintln!(
@@ -90,7 +88,7 @@ where
 /// say so, and that running it again is right.
 fn merged_away(e: datafusion::error::DataFusionError) -> anyhow::Error {
     let text = e.to_string();
-    if is_merged_away(&text) {
+    if carflow_engine::catalog::is_merged_away(&text) {
         anyhow::anyhow!(
             "{text}\nA merge of small lake files (lake.compact_files) replaced files this query had \
              listed; the lake is consistent and the query is right when run again."

@@ -111,6 +111,22 @@ pub fn lake_context() -> Result<SessionContext> {
     ))
 }
 
+/// Did reading the lake fail because a merge of small files (lake.compact_files) removed a file
+/// the reader had listed? Then the lake is consistent and the read is right when run again.
+/// Stores say it in their own words: object_store's local and in-memory stores "not found" /
+/// "No such file", HDFS a remote `java.io.FileNotFoundException` ("File does not exist").
+pub fn is_merged_away(text: &str) -> bool {
+    text.contains("part-")
+        && [
+            "not found",
+            "No such file",
+            "FileNotFoundException",
+            "File does not exist",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
+}
+
 /// An object store whose listings leave out the files a visible merged file covers (the sources
 /// of a merge on HDFS, between the merged file's rename and their deletion).
 #[derive(Debug)]
@@ -262,11 +278,17 @@ pub async fn register_lake(ctx: &SessionContext, location: &Location) -> Result<
                     .collect(),
             );
         let url = ListingTableUrl::parse(&d.url)?;
-        let config = match ListingTableConfig::new(url)
-            .with_listing_options(options)
-            .infer_schema(&ctx.state())
-            .await
-        {
+        // Inferring the schema lists the files and reads footers: a merge that removed a listed
+        // file in between fails it; listed again, the merged file is there.
+        let mut attempt = 0;
+        let inferred = loop {
+            let config = ListingTableConfig::new(url.clone()).with_listing_options(options.clone());
+            match config.infer_schema(&ctx.state()).await {
+                Err(e) if attempt < 3 && is_merged_away(&e.to_string()) => attempt += 1,
+                other => break other,
+            }
+        };
+        let config = match inferred {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(dataset = %d.name, error = %e, "skipping a lake directory that holds no readable Parquet");
@@ -287,4 +309,31 @@ pub async fn register_lake(ctx: &SessionContext, location: &Location) -> Result<
         ctx.register_table(dead, Arc::new(empty))?;
     }
     Ok(registered)
+}
+
+#[cfg(test)]
+mod merged_away_tests {
+    use super::is_merged_away;
+
+    /// Each store's words for a file a merge removed after a reader listed it.
+    #[test]
+    fn a_file_a_merge_removed_is_recognised_in_each_stores_words() {
+        let part = "cars/dt=2026-01-01/part-merge-263d8ba085-hnVW8IoA-1-00000000000000002281-00000000000000002880.parquet";
+        let local =
+            format!("Object at location {part} not found: No such file or directory (os error 2)");
+        let hdfs = format!(
+            "Parquet error: External: Generic HdfsObjectStore error: RPC error: \
+             java.io.FileNotFoundException File does not exist: /carflow-tests/merge-cbae305d23/{part}\n\
+             \tat org.apache.hadoop.hdfs.server.namenode.INodeFile.valueOf(INodeFile.java:87)"
+        );
+        assert!(is_merged_away(&local));
+        assert!(is_merged_away(&hdfs), "{hdfs}");
+        // Another error, or a missing file that is not a lake part, is not a merge.
+        assert!(!is_merged_away(
+            "Object at location _carflow/ledger/x not found"
+        ));
+        assert!(!is_merged_away(&format!(
+            "Parquet error: corrupt footer in {part}"
+        )));
+    }
 }
