@@ -1,7 +1,7 @@
 //! The micro-batcher: a stream of raw messages becomes Arrow record batches.
 //!
 //! [`collect_batch`] gathers messages until the batch is full by rows or bytes, or until the linger
-//! time has passed since its first message. [`decode_batch`] decodes them with arrow-json against
+//! time has passed since its first message. [`decode_batch`] decodes them against
 //! the declared schema and appends the metadata columns. A message that does not decode (broken
 //! JSON, wrong type, a missing required field, invalid UTF-8, too large, more or less than one JSON
 //! object, an event time outside the accepted range) becomes a [`DeadLetter`] carrying its reason
@@ -235,32 +235,103 @@ pub fn decode_batch(
 ///
 /// Every message ends up either as a row or as a dead letter. An error is returned only for an
 /// internal failure to assemble the batch, never for bad input.
+///
+/// Messages in the forms producers write are read by a decoder specialised to the schema
+/// (`batcher/fast.rs`); the others (and everything, if the schema has a type it does not know)
+/// go the arrow-json way of [`decode_batch_reference`], which decodes them or names their
+/// problem. Both give the same row for a message both take.
 pub fn decode_batch_with(
     messages: &[Message],
     rules: &DecodeRules,
 ) -> Result<DecodedBatch, ArrowError> {
-    let max_message_bytes = rules.max_message_bytes;
+    let Some(fast) = fast::decode(messages, rules.max_message_bytes) else {
+        return decode_batch_reference(messages, rules);
+    };
     let mut dead_letters = Vec::new();
-    let mut candidates = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        match precheck(m, max_message_bytes) {
-            Ok(()) => candidates.push(i),
-            Err(reason) => dead_letters.push(dead_letter(m, reason)),
-        }
-    }
-    let mut parts = Vec::new();
-    let mut good = Vec::with_capacity(candidates.len());
-    decode_structured(
-        messages,
-        &candidates,
-        &mut parts,
-        &mut good,
-        &mut dead_letters,
-    );
-    let rows = assemble(messages, &parts, &good)?;
-    let rows = check_event_times(messages, rows, &good, rules, &mut dead_letters)?;
+    let (record, good) = if fast.rest.is_empty() {
+        (fast.record, fast.good)
+    } else {
+        let (slow, slow_good) = decode_reference(messages, &fast.rest, rules, &mut dead_letters)?;
+        merge_in_order(&fast.record, &fast.good, &slow, &slow_good)?
+    };
+    finish(messages, &record, &good, rules, dead_letters)
+}
+
+/// [`decode_batch_with`] with arrow-json alone: the reference the specialised decoder is
+/// checked against (`engine/tests/props_decode.rs`).
+pub fn decode_batch_reference(
+    messages: &[Message],
+    rules: &DecodeRules,
+) -> Result<DecodedBatch, ArrowError> {
+    let mut dead_letters = Vec::new();
+    let all: Vec<usize> = (0..messages.len()).collect();
+    let (record, good) = decode_reference(messages, &all, rules, &mut dead_letters)?;
+    finish(messages, &record, &good, rules, dead_letters)
+}
+
+/// The decoded records of the `good` messages become rows (with their metadata) or, with an
+/// event time out of range, dead letters.
+fn finish(
+    messages: &[Message],
+    record: &RecordBatch,
+    good: &[usize],
+    rules: &DecodeRules,
+    mut dead_letters: Vec<DeadLetter>,
+) -> Result<DecodedBatch, ArrowError> {
+    let rows = assemble(messages, record, good)?;
+    let rows = check_event_times(messages, rows, good, rules, &mut dead_letters)?;
     dead_letters.sort_by_key(|d| (d.partition, d.offset));
     Ok(DecodedBatch { rows, dead_letters })
+}
+
+/// The arrow-json way for the messages at `which` (ascending): their record columns and the
+/// indices of those that decoded; the others become dead letters with their reason.
+fn decode_reference(
+    messages: &[Message],
+    which: &[usize],
+    rules: &DecodeRules,
+    dead_letters: &mut Vec<DeadLetter>,
+) -> Result<(RecordBatch, Vec<usize>), ArrowError> {
+    let mut candidates = Vec::with_capacity(which.len());
+    for &i in which {
+        match precheck(&messages[i], rules.max_message_bytes) {
+            Ok(()) => candidates.push(i),
+            Err(reason) => dead_letters.push(dead_letter(&messages[i], reason)),
+        }
+    }
+    let feed = Feed::new(messages, &candidates);
+    let mut parts = Vec::new();
+    let mut good = Vec::with_capacity(candidates.len());
+    decode_structured(&feed, &candidates, &mut parts, &mut good, dead_letters);
+    // Segments are decoded in message order and bisection keeps order, so `good` ascends and
+    // matches the concatenated rows one to one.
+    debug_assert!(good.windows(2).all(|w| w[0] < w[1]));
+    Ok((concat_batches(&transaction_schema(), &parts)?, good))
+}
+
+/// Two sets of rows, each in message order, as one in message order.
+fn merge_in_order(
+    a: &RecordBatch,
+    a_at: &[usize],
+    b: &RecordBatch,
+    b_at: &[usize],
+) -> Result<(RecordBatch, Vec<usize>), ArrowError> {
+    let (mut i, mut j) = (0, 0);
+    let mut order = Vec::with_capacity(a_at.len() + b_at.len());
+    let mut good = Vec::with_capacity(order.capacity());
+    while i < a_at.len() || j < b_at.len() {
+        if j == b_at.len() || (i < a_at.len() && a_at[i] < b_at[j]) {
+            order.push((0, i));
+            good.push(a_at[i]);
+            i += 1;
+        } else {
+            order.push((1, j));
+            good.push(b_at[j]);
+            j += 1;
+        }
+    }
+    let record = arrow::compute::interleave_record_batch(&[a, b], &order)?;
+    Ok((record, good))
 }
 
 fn format_ms(ms: i64) -> String {
@@ -423,7 +494,7 @@ fn feed_one(decoder: &mut Decoder, payload: &[u8]) -> Result<(), String> {
 /// First pass: syntax. Messages are fed one at a time so a syntax error is pinned to its message;
 /// the decoder is rebuilt from the messages since the last flush when one fails.
 fn decode_structured(
-    messages: &[Message],
+    feed: &Feed<'_>,
     candidates: &[usize],
     parts: &mut Vec<RecordBatch>,
     good: &mut Vec<usize>,
@@ -431,7 +502,7 @@ fn decode_structured(
 ) {
     let Ok(mut decoder) = new_decoder(candidates.len()) else {
         return fail_all(
-            messages,
+            feed.messages,
             candidates,
             "internal: cannot build decoder",
             dead_letters,
@@ -439,34 +510,30 @@ fn decode_structured(
     };
     let mut segment: Vec<usize> = Vec::with_capacity(candidates.len());
     for &i in candidates {
-        let payload = messages[i].payload.as_deref().unwrap_or_default();
-        if let Err(reason) = feed_one(&mut decoder, payload) {
-            dead_letters.push(dead_letter(&messages[i], reason));
+        if let Err(reason) = feed_one(&mut decoder, feed.payload(i)) {
+            dead_letters.push(dead_letter(&feed.messages[i], reason));
             // The decoder holds part of the bad message: decode the segment before it on its own
             // and go on with a fresh decoder, so every message is fed at most twice.
             let before = std::mem::take(&mut segment);
-            match refeed(messages, &before) {
-                Ok(d) => flush_or_bisect(messages, d, before, parts, good, dead_letters),
-                Err(e) => fail_all(messages, &before, &e, dead_letters),
+            match refeed(feed, &before) {
+                Ok(d) => flush_or_bisect(feed, d, before, parts, good, dead_letters),
+                Err(e) => fail_all(feed.messages, &before, &e, dead_letters),
             }
             decoder = match new_decoder(candidates.len()) {
                 Ok(d) => d,
-                Err(e) => return fail_all(messages, &[], &e.to_string(), dead_letters),
+                Err(e) => return fail_all(feed.messages, &[], &e.to_string(), dead_letters),
             };
             continue;
         }
         segment.push(i);
     }
-    flush_or_bisect(messages, decoder, segment, parts, good, dead_letters);
+    flush_or_bisect(feed, decoder, segment, parts, good, dead_letters);
 }
 
-fn refeed(messages: &[Message], segment: &[usize]) -> Result<Decoder, String> {
+fn refeed(feed: &Feed<'_>, segment: &[usize]) -> Result<Decoder, String> {
     let mut decoder = new_decoder(segment.len()).map_err(|e| e.to_string())?;
     for &i in segment {
-        feed_one(
-            &mut decoder,
-            messages[i].payload.as_deref().unwrap_or_default(),
-        )?;
+        feed_one(&mut decoder, feed.payload(i))?;
     }
     Ok(decoder)
 }
@@ -474,7 +541,7 @@ fn refeed(messages: &[Message], segment: &[usize]) -> Result<Decoder, String> {
 /// Second pass: types. A flush that fails (a wrong type, a missing required field) is retried on
 /// halves until the failing messages stand alone.
 fn flush_or_bisect(
-    messages: &[Message],
+    feed: &Feed<'_>,
     mut decoder: Decoder,
     segment: Vec<usize>,
     parts: &mut Vec<RecordBatch>,
@@ -488,24 +555,100 @@ fn flush_or_bisect(
         }
         Ok(None) if segment.is_empty() => {}
         Ok(_) => fail_all(
-            messages,
+            feed.messages,
             &segment,
             "internal: decoded row count differs from message count",
             dead_letters,
         ),
         Err(e) if segment.len() == 1 => {
-            dead_letters.push(dead_letter(&messages[segment[0]], type_reason(&e)));
+            dead_letters.push(dead_letter(&feed.messages[segment[0]], type_reason(&e)));
         }
         Err(_) => {
             let (left, right) = segment.split_at(segment.len() / 2);
             for half in [left, right] {
-                match refeed(messages, half) {
-                    Ok(d) => flush_or_bisect(messages, d, half.to_vec(), parts, good, dead_letters),
-                    Err(e) => fail_all(messages, half, &e, dead_letters),
+                match refeed(feed, half) {
+                    Ok(d) => flush_or_bisect(feed, d, half.to_vec(), parts, good, dead_letters),
+                    Err(e) => fail_all(feed.messages, half, &e, dead_letters),
                 }
             }
         }
     }
+}
+
+/// The bytes arrow-json is fed for each message: the payload, with every escaped UTF-16
+/// surrogate pair (`\ud840\udc00`) written as the character it stands for. arrow-json 59
+/// joins a pair with `|` where it must add, so characters from U+20000 up came out wrong
+/// (U+20000 as U+10000); a JSON text means the same with the character written as UTF-8.
+struct Feed<'a> {
+    messages: &'a [Message],
+    rewritten: std::collections::HashMap<usize, Vec<u8>>,
+}
+
+impl<'a> Feed<'a> {
+    fn new(messages: &'a [Message], which: &[usize]) -> Self {
+        let rewritten = which
+            .iter()
+            .filter_map(|&i| {
+                let p = messages[i].payload.as_deref()?;
+                join_surrogate_pairs(p).map(|r| (i, r))
+            })
+            .collect();
+        Self {
+            messages,
+            rewritten,
+        }
+    }
+
+    fn payload(&self, i: usize) -> &[u8] {
+        match self.rewritten.get(&i) {
+            Some(r) => r,
+            None => self.messages[i].payload.as_deref().unwrap_or_default(),
+        }
+    }
+}
+
+/// `payload` with each escaped surrogate pair inside a string written as its character in
+/// UTF-8; `None` when it has none (lone surrogates stay as they are: the JSON check refuses
+/// them).
+fn join_surrogate_pairs(payload: &[u8]) -> Option<Vec<u8>> {
+    let hex = |b: &[u8]| -> Option<u32> {
+        let t = std::str::from_utf8(b).ok()?;
+        (t.len() == 4)
+            .then(|| u32::from_str_radix(t, 16).ok())
+            .flatten()
+    };
+    let (mut out, mut run, mut i, mut in_string) = (None::<Vec<u8>>, 0, 0, false);
+    while i < payload.len() {
+        match payload[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                let pair = (payload.get(i + 1) == Some(&b'u'))
+                    .then(|| payload.get(i + 2..i + 6).and_then(hex))
+                    .flatten()
+                    .filter(|hi| (0xD800..0xDC00).contains(hi))
+                    .and_then(|hi| {
+                        (payload.get(i + 6..i + 8)? == b"\\u").then_some(())?;
+                        let lo = hex(payload.get(i + 8..i + 12)?)?;
+                        (0xDC00..0xE000).contains(&lo).then_some((hi, lo))
+                    });
+                if let Some((hi, lo)) = pair {
+                    let c = char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?;
+                    let o = out.get_or_insert_with(|| Vec::with_capacity(payload.len()));
+                    o.extend_from_slice(&payload[run..i]);
+                    o.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    i += 12;
+                    run = i;
+                    continue;
+                }
+                i += 1; // the escaped byte is not a quote that ends the string
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut o = out?;
+    o.extend_from_slice(&payload[run..]);
+    Some(o)
 }
 
 fn fail_all(messages: &[Message], idx: &[usize], reason: &str, dead: &mut Vec<DeadLetter>) {
@@ -534,16 +677,12 @@ fn type_reason(e: &ArrowError) -> String {
     format!("schema violation: {s}")
 }
 
-/// Join the decoded parts and add the metadata columns of the good messages, in message order.
+/// Add the metadata columns of the good messages (in message order, one per row of `record`).
 fn assemble(
     messages: &[Message],
-    parts: &[RecordBatch],
+    record: &RecordBatch,
     good: &[usize],
 ) -> Result<RecordBatch, ArrowError> {
-    let record = concat_batches(&transaction_schema(), parts)?;
-    // Segments are decoded in message order and bisection keeps order, so `good` ascends and
-    // matches the concatenated rows one to one.
-    debug_assert!(good.windows(2).all(|w| w[0] < w[1]));
     let good: Vec<&Message> = good.iter().map(|&i| &messages[i]).collect();
     let topics: StringArray = good.iter().map(|m| Some(&*m.topic)).collect();
     let partitions: Int32Array = good.iter().map(|m| Some(m.partition)).collect();
@@ -558,6 +697,7 @@ fn assemble(
 }
 
 mod ahead;
+mod fast;
 #[cfg(test)]
 mod tests;
 

@@ -10,7 +10,9 @@
 //! `PROPTEST_CASES=20000 cargo test -p carflow-engine --test props_decode --release`.
 
 // The engine's API under test: keep these imports together (module paths may move).
-use carflow_engine::batcher::decode_batch;
+use carflow_engine::batcher::{
+    DecodeRules, decode_batch, decode_batch_reference, decode_batch_with,
+};
 use carflow_engine::schema::{
     COL_KAFKA_TS, COL_OFFSET, COL_PARTITION, COL_TOPIC, transaction_schema,
 };
@@ -586,8 +588,213 @@ fn check(batch: &[(Message, Kind)]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Every character outside ASCII, and `/`, written as a JSON escape (`\u00e9`, surrogate pairs,
+/// `\/`): the same JSON value, in the form some producers write.
+fn escape_all(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    for c in json.chars() {
+        if c == '/' {
+            out.push_str("\\/");
+        } else if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// A value in an odd form for a field of `data_type`: what some producer might write, valid or
+/// not, as JSON text.
+fn odd_value(data_type: &DataType) -> BoxedStrategy<String> {
+    let texts: Vec<&'static str> = match data_type {
+        DataType::Timestamp(..) => vec![
+            "\"2026-01-01T00:00:00Z\"",
+            "\"2026-01-01T00:00:00.1Z\"",
+            "\"2026-01-01T00:00:00.12Z\"",
+            "\"2026-01-01T00:00:00.123456Z\"",
+            "\"2026-01-01T00:00:00.123456789Z\"",
+            "\"2026-01-01T00:00:00.1234567891Z\"",
+            "\"2026-01-01T05:30:00.999+05:30\"",
+            "\"2025-12-31T23:59:59.999-00:00\"",
+            "\"2026-01-01T00:00:00+14:00\"",
+            "\"2026-01-01 00:00:00Z\"",
+            "\"2026-01-01T00:00:00\"",
+            "\"2026-01-01t00:00:00z\"",
+            "\"2024-02-29T12:00:00Z\"",
+            "\"2026-02-29T12:00:00Z\"",
+            "\"2026-01-01T24:00:00Z\"",
+            "\"2026-01-01T23:59:60Z\"",
+            "\"2026-13-01T00:00:00Z\"",
+            "\"1969-12-31T23:59:59.999Z\"",
+            "\"1970-01-01T00:00:00.0005Z\"",
+            "\"2026-01-01T00:00:00+0530\"",
+            "\"2026-01-01\"",
+            "\"\"",
+            "1767225600123",
+            "1767225600123.7",
+            "1.767225600123e12",
+            "-1",
+            "0",
+            "true",
+        ],
+        DataType::Int32 | DataType::Int64 => vec![
+            "0",
+            "-0",
+            "7",
+            "-2147483648",
+            "2147483647",
+            "2147483648",
+            "-2147483649",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "42.0",
+            "4.2e1",
+            "1E2",
+            "\"42\"",
+            "\"x\"",
+            "true",
+            "1.5",
+        ],
+        DataType::Decimal128(..) => vec![
+            "0",
+            "-0",
+            "12",
+            "12.3",
+            "12.34",
+            "12.345",
+            "-0.01",
+            "9999999999.99",
+            "10000000000",
+            "99999999999",
+            "1e2",
+            "1.5E1",
+            "\"12.34\"",
+            "\"x\"",
+            "0.10",
+            "true",
+        ],
+        _ => vec![
+            "\"\"",
+            "\"a\\\"b\"",
+            "\"\\u00e9\\ud83d\\ude97\"",
+            "\"\\ud83d\"",
+            "\"tab\\there\"",
+            "\"\\/\\b\\f\\n\\r\"",
+            "12",
+            "true",
+            "\"\\u0000\"",
+        ],
+    };
+    prop::sample::select(texts).prop_map(str::to_string).boxed()
+}
+
+/// A valid record with one field in an odd form, keys maybe duplicated, maybe written escaped
+/// throughout.
+fn odd_payload() -> impl Strategy<Value = Vec<u8>> {
+    let n = transaction_schema().fields().len();
+    (record(0), 0..n, any::<u64>(), 0..4u8, any::<bool>())
+        .prop_flat_map(|(fields, at, shuffle, extra, escape)| {
+            let data_type = transaction_schema().field(at).data_type().clone();
+            (
+                Just((fields, at, shuffle, extra, escape)),
+                odd_value(&data_type),
+            )
+        })
+        .prop_map(|((fields, at, shuffle, extra, escape), odd)| {
+            let mut parts: Vec<String> = fields
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (k, f))| {
+                    let key = Value::String(k.clone());
+                    if i == at {
+                        return Some(format!("{key}:{odd}"));
+                    }
+                    match f {
+                        Field::Good(Some(v), _) | Field::Wild(Some(v)) => {
+                            Some(format!("{key}:{v}"))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            match extra {
+                1 => parts.push(parts[0].clone()), // a duplicate key
+                2 => parts.push("\"extra\":[1,{\"a\":null}]".into()),
+                3 => parts.push("\"extra\":-1.5e-3,\"more\":false".into()),
+                _ => {}
+            }
+            rotate(&mut parts, shuffle);
+            let text = format!("{{{}}}", parts.join(","));
+            if escape { escape_all(&text) } else { text }.into_bytes()
+        })
+}
+
+/// Decode with the specialised decoder and with arrow-json alone: the same rows and the same dead
+/// letters, for any messages.
+fn same_as_reference(messages: &[Message]) -> Result<(), TestCaseError> {
+    let rules = DecodeRules::with_max_message_bytes(MAX_MESSAGE_BYTES);
+    let fast = decode_batch_with(messages, &rules)
+        .map_err(|e| TestCaseError::fail(format!("decode failed: {e}")))?;
+    let reference = decode_batch_reference(messages, &rules)
+        .map_err(|e| TestCaseError::fail(format!("reference decode failed: {e}")))?;
+    let payloads: Vec<_> = messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    prop_assert_eq!(
+        &fast.rows,
+        &reference.rows,
+        "rows differ for {:#?}",
+        payloads
+    );
+    prop_assert_eq!(
+        &fast.dead_letters,
+        &reference.dead_letters,
+        "dead letters differ for {:#?}",
+        payloads
+    );
+    Ok(())
+}
+
+fn odd_messages() -> impl Strategy<Value = Vec<Message>> {
+    let one = prop_oneof![
+        3 => odd_payload().prop_map(Some),
+        2 => message_case().prop_map(|c| c.payload),
+        1 => message_case().prop_map(|c| c.payload.map(|p| escape_all(&String::from_utf8_lossy(&p)).into_bytes())),
+    ];
+    prop::collection::vec(one, 1..10).prop_map(|payloads| {
+        payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| Message {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: None,
+                payload,
+            })
+            .collect()
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn the_specialised_decoder_gives_what_arrow_json_gives(messages in odd_messages()) {
+        same_as_reference(&messages)?;
+    }
+
+    #[test]
+    fn the_specialised_decoder_gives_what_arrow_json_gives_in_mixed_batches(batch in batch()) {
+        let messages: Vec<Message> = batch.into_iter().map(|(m, _)| m).collect();
+        same_as_reference(&messages)?;
+    }
 
     #[test]
     fn every_message_is_one_row_or_one_dead_letter(batch in batch()) {

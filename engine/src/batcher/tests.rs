@@ -400,3 +400,59 @@ async fn an_ownership_change_while_reading_ahead_closes_the_batch_before_it() {
     .unwrap();
     assert_eq!(next.messages.first().map(|m| m.offset), Some(0));
 }
+
+/// `good_json(i)` with its brand written as `brand` (JSON text inside the quotes).
+fn with_brand(i: i64, brand: &str) -> Message {
+    let text = good_json(i).replace("\"brand\":\"Toyota\"", &format!("\"brand\":\"{brand}\""));
+    msg(i, Some(text.into_bytes()))
+}
+
+/// A character beyond U+FFFF written as a JSON escape (a UTF-16 surrogate pair, as Python's
+/// `json.dumps` writes every non-ASCII character) decodes to that character on either path;
+/// broken pairs are dead letters that say so, never a panic or a wrong character.
+#[test]
+fn surrogate_pair_escapes_decode_to_their_character_and_broken_ones_are_dead_letters() {
+    let messages = vec![
+        with_brand(0, r"\ud83d\ude97"),        // 🚗 U+1F697
+        with_brand(1, r"\ud840\udc00"),        // 𠀀 U+20000
+        with_brand(2, r"\ud87e\udc00 \u4e3d"), // 丽 U+2F800, 丽 U+4E3D
+        with_brand(3, r"\udbff\udfff"),        // U+10FFFF
+        with_brand(4, r"\ud800\ud801"),        // two high surrogates
+        with_brand(5, r"\ud83d"),              // a lone high surrogate
+        with_brand(6, r"\ude97x"),             // a lone low surrogate
+        with_brand(7, r"\\ud840\\udc00"),      // escaped backslashes: plain text
+    ];
+    let want = [
+        "🚗",
+        "\u{20000}",
+        "\u{2F800} \u{4E3D}",
+        "\u{10FFFF}",
+        r"\ud840\udc00",
+    ];
+    let rules = DecodeRules::with_max_message_bytes(1 << 20);
+    // The same batch in a mixed order of messages each path takes, and every path alone.
+    for (name, out) in [
+        (
+            "decode_batch_with",
+            decode_batch_with(&messages, &rules).unwrap(),
+        ),
+        (
+            "decode_batch_reference",
+            decode_batch_reference(&messages, &rules).unwrap(),
+        ),
+    ] {
+        let brands = out.rows.column_by_name("brand").unwrap().as_string::<i32>();
+        let got: Vec<&str> = (0..out.rows.num_rows()).map(|i| brands.value(i)).collect();
+        assert_eq!(got, want, "{name}");
+        let dead: Vec<(i64, &str)> = out
+            .dead_letters
+            .iter()
+            .map(|d| (d.offset, d.reason.as_str()))
+            .collect();
+        assert_eq!(dead.len(), 3, "{name}: {dead:?}");
+        for (offset, reason) in dead {
+            assert!((4..=6).contains(&offset), "{name}: {offset} {reason}");
+            assert!(reason.contains("surrogate"), "{name}: {reason}");
+        }
+    }
+}
