@@ -217,13 +217,6 @@ impl KafkaSource {
             backoff: Duration::from_millis(100),
         })
     }
-
-    fn topic(&mut self, name: &str) -> Arc<str> {
-        self.topics
-            .entry(name.to_string())
-            .or_insert_with(|| Arc::from(name))
-            .clone()
-    }
 }
 
 impl Source for KafkaSource {
@@ -232,13 +225,21 @@ impl Source for KafkaSource {
             let e = match self.consumer.recv().await {
                 Ok(m) => {
                     self.backoff = Duration::from_millis(100);
-                    let (topic, partition, offset) =
-                        (m.topic().to_string(), m.partition(), m.offset());
+                    // The topic's name is shared, not allocated per message.
+                    let topic = match self.topics.get(m.topic()) {
+                        Some(t) => Arc::clone(t),
+                        None => {
+                            let t: Arc<str> = Arc::from(m.topic());
+                            self.topics.insert(m.topic().to_string(), Arc::clone(&t));
+                            t
+                        }
+                    };
+                    let (partition, offset) = (m.partition(), m.offset());
                     let timestamp_ms = m.timestamp().to_millis();
                     let payload = m.payload().map(<[u8]>::to_vec);
                     drop(m);
                     return Ok(Some(Message {
-                        topic: self.topic(&topic),
+                        topic,
                         partition,
                         offset,
                         timestamp_ms,
