@@ -1,6 +1,10 @@
-//! The CPU ceiling of the engine core: arrow-json decode (the engine's own `decode_batch`, with its
+//! The CPU ceiling of the engine core: decode (the engine's own `decode_batch`, with its
 //! dead-letter checks) + snappy Parquet encode of the same generated transactions the end-to-end
 //! benchmark reads from Kafka (seed 42), on one thread, nothing else — no SQL, no I/O.
+//!
+//! It also decodes the same messages with arrow-json alone (`decode_batch_reference`, the
+//! decoder before the one specialised to the schema) and prints both decode rates and their
+//! ratio, measured in the same run.
 //!
 //! ```text
 //! cargo bench --bench core_ceiling -- [--records N] [--batch ROWS] [--out FILE.json]
@@ -15,7 +19,7 @@ mod common;
 
 use std::time::Instant;
 
-use carflow_engine::batcher::decode_batch;
+use carflow_engine::batcher::{DecodeRules, decode_batch, decode_batch_reference};
 use carflow_engine::sink::lake::encode_parquet;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -62,6 +66,30 @@ fn main() {
         .set_compression(Compression::SNAPPY)
         .build();
 
+    // Decode alone, each decoder, before the measured decode + encode.
+    let rules = DecodeRules::with_max_message_bytes(1 << 20);
+    let decode_rate = |reference: bool| {
+        let cpu0 = cpu_seconds();
+        let mut rows = 0;
+        for chunk in messages.chunks(batch) {
+            let d = if reference {
+                decode_batch_reference(chunk, &rules)
+            } else {
+                decode_batch(chunk, 1 << 20)
+            }
+            .expect("decode");
+            rows += d.rows.num_rows();
+        }
+        assert_eq!(rows, records);
+        records as f64 / (cpu_seconds() - cpu0)
+    };
+    let (reference_rate, decode_only) = (decode_rate(true), decode_rate(false));
+    println!(
+        "decode alone: {decode_only:.0} records per CPU-second; arrow-json alone (the reference \
+         decoder): {reference_rate:.0}; {:.2}x",
+        decode_only / reference_rate
+    );
+
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let (mut rows, mut parquet_bytes) = (0usize, 0usize);
     for chunk in messages.chunks(batch) {
@@ -87,7 +115,8 @@ fn main() {
         let fig = format!(
             "{{\"records_per_cpu_s\": {rate:.1}, \"records\": {records}, \"cpu_s\": {cpu:.4}, \
              \"wall_s\": {wall:.4}, \"json_bytes\": {json_bytes}, \"parquet_bytes\": {parquet_bytes}, \
-             \"batch\": {batch}, \"source\": \"cargo bench --bench core_ceiling (decode_batch + \
+             \"batch\": {batch}, \"decode_per_cpu_s\": {decode_only:.1}, \
+             \"reference_decode_per_cpu_s\": {reference_rate:.1}, \"source\": \"cargo bench --bench core_ceiling (decode_batch + \
              encode_parquet, snappy, one thread)\"}}\n"
         );
         std::fs::write(&path, fig).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
