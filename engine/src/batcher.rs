@@ -611,28 +611,12 @@ impl<'a> Feed<'a> {
 /// UTF-8; `None` when it has none (lone surrogates stay as they are: the JSON check refuses
 /// them).
 fn join_surrogate_pairs(payload: &[u8]) -> Option<Vec<u8>> {
-    let hex = |b: &[u8]| -> Option<u32> {
-        let t = std::str::from_utf8(b).ok()?;
-        (t.len() == 4)
-            .then(|| u32::from_str_radix(t, 16).ok())
-            .flatten()
-    };
     let (mut out, mut run, mut i, mut in_string) = (None::<Vec<u8>>, 0, 0, false);
     while i < payload.len() {
         match payload[i] {
             b'"' => in_string = !in_string,
             b'\\' if in_string => {
-                let pair = (payload.get(i + 1) == Some(&b'u'))
-                    .then(|| payload.get(i + 2..i + 6).and_then(hex))
-                    .flatten()
-                    .filter(|hi| (0xD800..0xDC00).contains(hi))
-                    .and_then(|hi| {
-                        (payload.get(i + 6..i + 8)? == b"\\u").then_some(())?;
-                        let lo = hex(payload.get(i + 8..i + 12)?)?;
-                        (0xDC00..0xE000).contains(&lo).then_some((hi, lo))
-                    });
-                if let Some((hi, lo)) = pair {
-                    let c = char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?;
+                if let Some(c) = fast::escaped_pair(&payload[i..]) {
                     let o = out.get_or_insert_with(|| Vec::with_capacity(payload.len()));
                     o.extend_from_slice(&payload[run..i]);
                     o.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
