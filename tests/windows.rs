@@ -442,3 +442,78 @@ async fn on_a_quiet_topic_the_committed_offsets_reach_the_end_and_a_restart_stay
     assert!(e.stop(), "{}", e.log_tail());
     s.check(25_000, 0).await;
 }
+
+/// A windowed query edited while two engines in one group run it: for a moment the engines run
+/// different versions, and a point merged then must neither leave out the other engine's
+/// partitions nor take their state of another version. Every edit is a new version that changes
+/// the numbers (another price filter), so a merge with any older state shows. Each round edits
+/// at a seeded moment while a backlog is being worked through, then again once both engines are
+/// idle (no commit follows that edit: each engine's new state meets only the other's state of an
+/// older version), and then every point must come to equal the lake's aggregate under the query
+/// as it now is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_query_edited_under_two_engines_keeps_every_point_equal_to_the_lake() {
+    let s = setup("edit2").await;
+    let queries = queries_copy();
+    // Day windows: every window stays open through the test, so each point must follow the edits.
+    let version = |v: u32| {
+        format!(
+            "-- version {v}, edited while running\n\
+             INSERT INTO influx.payment_daily\n\
+             SELECT date_bin(INTERVAL '1 day', sold_at) AS time, payment_method,\n\
+                    count(*) AS sales, sum(price) AS revenue\n\
+             FROM transactions\n\
+             WHERE price > {}\n\
+             GROUP BY 1, 2;\n",
+            1_000 * v
+        )
+    };
+    let probe = queries.path().join("payment_daily.sql");
+    let edit = |v: u32| {
+        let tmp = queries.path().join(".payment_daily.tmp");
+        std::fs::write(&tmp, version(v)).unwrap();
+        std::fs::rename(&tmp, &probe).unwrap();
+    };
+    edit(0);
+    let env = s.env_with_queries("carflow-edit2", queries.path());
+    let mut a = EngineProcess::start(&env, s.logs.path(), "a");
+    let mut b = EngineProcess::start(&env, s.logs.path(), "b");
+    let mut feed = Feed::new(&s.kafka, &s.topic.name, 71);
+    feed.send(4_000).await;
+    wait_for(
+        "both engines to own partitions and make progress",
+        Duration::from_secs(120),
+        || {
+            let (a, b) = (&a, &b);
+            async move { !a.processed().await.is_empty() && !b.processed().await.is_empty() }
+        },
+    )
+    .await;
+    s.wait_done(&mut [&mut a, &mut b], Duration::from_secs(300))
+        .await;
+    let mut rng = Lcg(20261201);
+    let mut v = 0;
+    for round in 0..3 {
+        // An edit at a seeded moment while both engines work through a backlog.
+        let traffic = tokio::spawn(async move {
+            feed.send(3_000).await;
+            feed
+        });
+        tokio::time::sleep(rng.millis(0, 2_500)).await;
+        v += 1;
+        edit(v);
+        feed = traffic.await.unwrap();
+        s.wait_done(&mut [&mut a, &mut b], Duration::from_secs(300))
+            .await;
+        // Another once both are idle, at a seeded moment.
+        tokio::time::sleep(rng.millis(500, 3_000)).await;
+        v += 1;
+        edit(v);
+        eprintln!("round {round}: query version {v}");
+        s.wait_points_match(queries.path(), Duration::from_secs(90))
+            .await;
+    }
+    assert!(a.stop(), "{}", a.log_tail());
+    assert!(b.stop(), "{}", b.log_tail());
+    s.check_with(13_000, 0, queries.path()).await;
+}

@@ -286,6 +286,31 @@ impl Setup {
         assert!(expected.len() > 100, "{} points", expected.len());
         assert_points_match(&expected, &actual, "InfluxDB vs lake");
     }
+
+    /// Wait until every Influx point equals DataFusion's aggregate over the lake (the engines
+    /// may still be writing: a reload, a rewrite after another engine's commit); fail with the
+    /// differences left after `timeout`.
+    pub async fn wait_points_match(&self, queries_dir: &Path, timeout: Duration) {
+        let ctx = lake_context(&self.lake.url).await;
+        let expected = expected_points(&ctx, queries_dir).await;
+        assert!(expected.len() > 100, "{} points", expected.len());
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut diffs = points_differences(&expected, &self.db.points().await);
+            if diffs.is_empty() {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let n = diffs.len();
+                diffs.truncate(10);
+                panic!(
+                    "InfluxDB vs lake, still after {timeout:?}: {n} differences:\n{}",
+                    diffs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
 
 /// Replace (or add) `key` in an engine environment.

@@ -176,6 +176,18 @@ fn approximate(field: &str) -> bool {
 
 /// Compare points; differences are listed (at most 10) in the panic message.
 pub fn assert_points_match(expected: &Points, actual: &Points, what: &str) {
+    let mut diffs = points_differences(expected, actual);
+    let n = diffs.len();
+    diffs.truncate(10);
+    assert!(
+        n == 0,
+        "{what}: {n} differences between the points and the lake's aggregates:\n{}",
+        diffs.join("\n")
+    );
+}
+
+/// Every difference between `expected` and `actual` points (missing, unexpected, other values).
+pub fn points_differences(expected: &Points, actual: &Points) -> Vec<String> {
     let mut diffs = Vec::new();
     for (k, e) in expected {
         match actual.get(k) {
@@ -200,13 +212,7 @@ pub fn assert_points_match(expected: &Points, actual: &Points, what: &str) {
             diffs.push(format!("unexpected {k:?}"));
         }
     }
-    let n = diffs.len();
-    diffs.truncate(10);
-    assert!(
-        n == 0,
-        "{what}: {n} differences between the points and the lake's aggregates:\n{}",
-        diffs.join("\n")
-    );
+    diffs
 }
 
 /// A reader that queries `cars` again and again while the lake changes (commits, merges of small

@@ -88,8 +88,21 @@ pub struct Observed {
     pub progress: PartitionProgress,
     /// Its open windows, as committed (decoded on demand).
     pub blobs: BTreeMap<String, WindowBlob>,
-    /// Decoded window state per query key.
+    /// Decoded window state per query key (of the blob's query version).
     pub decoded: HashMap<String, QueryState>,
+    /// Window state computed from the lake, per query key, for a version of the query this
+    /// entry holds no state of (its owner runs another version, or not the query at all).
+    pub lake: HashMap<String, LakeState>,
+}
+
+/// A partition's committed state of some windows of one query version, computed from its rows
+/// in the lake below its committed offset.
+#[derive(Debug, Clone, Default)]
+pub struct LakeState {
+    /// The query version.
+    pub fingerprint: String,
+    /// Window start → state rows (`None`: no rows in that window).
+    pub windows: BTreeMap<i64, Option<RecordBatch>>,
 }
 
 impl Observed {
@@ -106,6 +119,7 @@ impl Observed {
                 },
                 blobs: e.windows,
                 decoded: HashMap::new(),
+                lake: HashMap::new(),
             },
         }
     }

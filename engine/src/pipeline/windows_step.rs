@@ -10,6 +10,12 @@
 //! every committed state, whichever engine wins the race — the one gap is an engine killed between
 //! a write and that check, whose stale point is rewritten by the next change to the window or when
 //! its partitions are next loaded (every load rewrites the windows it brings).
+//!
+//! **A query edited while several engines run.** Each engine loads the edit at its own batch
+//! boundary, so for a moment the latest ledger entries of other partitions hold state of another
+//! version of the query (or none of it). Their windows are then computed from the lake for the
+//! version running here — their rows below their committed offsets, less late and refused rows —
+//! instead of being left out or taken from the other version ([`Pipeline::lake_states`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -367,26 +373,50 @@ impl<S: Source> Pipeline<S> {
                     states.extend(open.iter().filter_map(|s| q.windows.get(s).cloned()));
                 }
             }
+            // Other partitions from their latest ledger entries: the state they hold of the
+            // version running here, else (their owner runs another version, or not this query
+            // yet) the state this version would hold, from their rows in the lake. Leaving them
+            // out would write points of a subset of the partitions.
+            let mut from_lake = Vec::new();
             for (tp, o) in self.book.observed.iter_mut() {
-                if !o.decoded.contains_key(key)
-                    && let Some(blob) = o.blobs.get(key)
-                {
-                    if blob.fingerprint != w.fingerprint {
-                        tracing::warn!(partition = %tp, query = %key,
-                            "another engine runs another version of this query; its state is left out until both run the same");
-                        continue;
-                    }
+                if o.seq == 0 {
+                    continue;
+                }
+                let Some(blob) = o.blobs.get(key).filter(|b| b.fingerprint == w.fingerprint) else {
+                    from_lake.push(tp.clone());
+                    continue;
+                };
+                if !o.decoded.contains_key(key) {
                     match QueryState::from_blob(&w.query, blob) {
                         Ok(s) => {
                             o.decoded.insert(key.clone(), s);
                         }
                         Err(e) => {
-                            tracing::warn!(partition = %tp, error = %e, "cannot read another partition's window state")
+                            tracing::warn!(partition = %tp, error = %e, "cannot read another partition's window state; reading its windows from the lake");
+                            from_lake.push(tp.clone());
+                            continue;
                         }
                     }
                 }
                 if let Some(q) = o.decoded.get(key) {
                     states.extend(open.iter().filter_map(|s| q.windows.get(s).cloned()));
+                }
+            }
+            if !from_lake.is_empty() {
+                if let Err(e) = self.lake_states(key, &from_lake, &open).await? {
+                    // No point rather than one that leaves partitions out: the next change to
+                    // these windows (or the other engine's next commit) writes them.
+                    tracing::warn!(query = %key, error = %e,
+                        "another engine runs another version of this query and its partitions' windows cannot be read from the lake: these points are written later");
+                    continue;
+                }
+                for tp in &from_lake {
+                    if let Some(l) = self.book.observed.get(tp).and_then(|o| o.lake.get(key)) {
+                        states.extend(
+                            open.iter()
+                                .filter_map(|s| l.windows.get(s).cloned().flatten()),
+                        );
+                    }
                 }
             }
             let ctx = self.queries.planner.batch_ctx.clone();
