@@ -46,8 +46,11 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
             .await?
             .map_err(anyhow::Error::msg)?;
             tracing::info!(topic = %config.kafka.topic, partitions, group = %config.kafka.group_id, "consuming");
-            let source =
-                KafkaSource::with_error_counter(&config.kafka, metrics.error_counter("source"))?;
+            let source = KafkaSource::with_error_counter(
+                &config.kafka,
+                config.batch.max_bytes,
+                metrics.error_counter("source"),
+            )?;
             drive(source, &config, &engine_id, metrics, health, &shutdown).await?
         }
         SourceKind::Generator => {

@@ -143,8 +143,19 @@ impl std::fmt::Debug for KafkaSource {
     }
 }
 
-/// librdkafka settings carflow uses unless `kafka.properties` overrides them.
-pub fn consumer_settings(c: &KafkaConfig) -> BTreeMap<String, String> {
+/// librdkafka's prefetch queue for batches of at most `batch_max_bytes`: two batches' worth (in
+/// KiB, at least 1 MiB). Less than one batch starves the engine: it empties the queue on every
+/// batch and then waits for fetches (measured: a 16 MiB queue with the default 32 MiB batches
+/// held the engine to 44k rec/s, two batches' worth gave 58–62k, `benches/harness/run.sh
+/// --stages carflow`, 2026-12-01); more than two adds memory and little speed (128 MiB: 64k).
+pub fn prefetch_kbytes(batch_max_bytes: usize) -> usize {
+    (batch_max_bytes.saturating_mul(2) / 1024).clamp(1024, 2_097_151)
+}
+
+/// librdkafka settings carflow uses unless `kafka.properties` overrides them, for batches of at
+/// most `batch_max_bytes`.
+pub fn consumer_settings(c: &KafkaConfig, batch_max_bytes: usize) -> BTreeMap<String, String> {
+    let prefetch = prefetch_kbytes(batch_max_bytes).to_string();
     let mut s: BTreeMap<String, String> = [
         ("bootstrap.servers", c.brokers.as_str()),
         ("group.id", c.group_id.as_str()),
@@ -155,9 +166,8 @@ pub fn consumer_settings(c: &KafkaConfig) -> BTreeMap<String, String> {
         ("heartbeat.interval.ms", "3000"),
         ("statistics.interval.ms", "5000"),
         ("fetch.wait.max.ms", "100"),
-        // librdkafka's prefetch queue (64 MB by default) sits beside the batch being processed
-        // and the one read ahead; 16 MB is still more than a second of the engine's full speed.
-        ("queued.max.messages.kbytes", "16384"),
+        // librdkafka's prefetch queue (64 MiB by default): two batches' worth.
+        ("queued.max.messages.kbytes", prefetch.as_str()),
         ("client.id", "carflow"),
     ]
     .into_iter()
@@ -187,16 +197,22 @@ fn needs_a_person(e: &KafkaError) -> bool {
 }
 
 impl KafkaSource {
-    /// Join the group and subscribe to the configured topic.
+    /// Join the group and subscribe to the configured topic (batches of the default size).
     pub fn new(c: &KafkaConfig) -> Result<Self, SourceError> {
-        Self::with_error_counter(c, Counter::default())
+        let batch = crate::config::BatchConfig::default();
+        Self::with_error_counter(c, batch.max_bytes, Counter::default())
     }
 
-    /// [`KafkaSource::new`], counting every error it rides out in `errors` (e.g. the engine's
+    /// [`KafkaSource::new`] for batches of at most `batch_max_bytes` (the prefetch queue holds
+    /// two of them), counting every error it rides out in `errors` (e.g. the engine's
     /// `carflow_errors_total{sink="source"}`).
-    pub fn with_error_counter(c: &KafkaConfig, errors: Counter) -> Result<Self, SourceError> {
+    pub fn with_error_counter(
+        c: &KafkaConfig,
+        batch_max_bytes: usize,
+        errors: Counter,
+    ) -> Result<Self, SourceError> {
         let mut cc = ClientConfig::new();
-        for (k, v) in consumer_settings(c) {
+        for (k, v) in consumer_settings(c, batch_max_bytes) {
             cc.set(k, v);
         }
         let context = CarflowContext {
@@ -469,4 +485,26 @@ pub fn check_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<usiz
         return Err(format!("topic {topic}: {e:?}"));
     }
     Ok(t.partitions().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefetch_queue_holds_two_batches_and_a_property_overrides_it() {
+        let c = KafkaConfig::default();
+        let s = consumer_settings(&c, 32 << 20);
+        assert_eq!(s["queued.max.messages.kbytes"], "65536");
+        // librdkafka's bounds: at least 1 MiB here, at most 2097151 KiB.
+        assert_eq!(prefetch_kbytes(1000), 1024);
+        assert_eq!(prefetch_kbytes(usize::MAX), 2_097_151);
+        let mut c = KafkaConfig::default();
+        c.properties
+            .insert("queued.max.messages.kbytes".into(), "4096".into());
+        assert_eq!(
+            consumer_settings(&c, 32 << 20)["queued.max.messages.kbytes"],
+            "4096"
+        );
+    }
 }
