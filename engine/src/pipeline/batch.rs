@@ -98,6 +98,7 @@ impl<S: Source> Pipeline<S> {
             let mut index = MessageIndex::new(&kept);
             self.metrics.step("prepare", &mut at);
             self.lake_transforms(&mut parts, &mut index).await?;
+            let early = self.encode_early(&parts);
             self.metrics.step("lake_transform", &mut at);
             let mut body = String::new();
             let row_points = self.row_points(&mut parts, &mut index, &mut body).await?;
@@ -106,7 +107,10 @@ impl<S: Source> Pipeline<S> {
             self.metrics.step("windows", &mut at);
             self.write_influx(&body, shutdown).await?;
             self.metrics.step("influx_write", &mut at);
-            let fenced = match self.commit_parts(&mut parts, shutdown, &mut at).await? {
+            let fenced = match self
+                .commit_parts(&mut parts, early, shutdown, &mut at)
+                .await?
+            {
                 Committed::Landed { fenced } => fenced,
                 Committed::Redo => continue,
                 Committed::InFlight(task) => {

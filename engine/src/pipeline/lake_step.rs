@@ -20,6 +20,12 @@ use crate::source::{Source, TopicPartition};
 use crate::transform::isolate::run_isolating;
 use crate::transform::{Target, Transform};
 
+/// The Parquet files of a batch's lake datasets, encoded on a blocking thread while its windows
+/// fold ([`Pipeline::encode_early`]): per partition, the offsets they cover and the files.
+pub(super) type EarlyEncode = tokio::task::JoinHandle<
+    Result<BTreeMap<TopicPartition, ((i64, i64), Vec<EncodedFile>)>, LakeError>,
+>;
+
 /// One partition's commit, encoded and waiting for its I/O.
 pub(super) struct Prepared {
     pub tp: TopicPartition,
@@ -90,6 +96,53 @@ impl<S: Source> Pipeline<S> {
         Ok(())
     }
 
+    /// Start encoding the lake datasets' outputs of `parts` (what [`Pipeline::lake_transforms`]
+    /// made; folding the windows changes none of it) on a blocking thread, so the encoding
+    /// overlaps the windows step. Dead letters, which the windows step may add to, are encoded
+    /// with the commit.
+    pub(super) fn encode_early(&self, parts: &[PartBatch]) -> EarlyEncode {
+        let mut jobs = Vec::new();
+        for part in parts {
+            let Some(owned) = self.book.owned.get(&part.tp) else {
+                continue;
+            };
+            if !part.is_new(owned.ledger.next_offset) || part.outputs.is_empty() {
+                continue;
+            }
+            let first = part.range.0.max(owned.ledger.next_offset);
+            jobs.push((
+                part.tp.clone(),
+                owned.ledger.topic_id.clone(),
+                (first, part.range.1),
+                part.outputs.clone(),
+            ));
+        }
+        let lake = self.sinks.lake.clone();
+        tokio::task::spawn_blocking(move || {
+            let one = |(tp, topic_id, range, outputs): &(
+                TopicPartition,
+                Option<String>,
+                (i64, i64),
+                Vec<DatasetOutput>,
+            )| {
+                lake.encode(tp, topic_id.as_deref(), *range, outputs)
+                    .map(|files| (tp.clone(), (*range, files)))
+            };
+            let half = jobs.len().div_ceil(2);
+            let (a, b) = jobs.split_at(half);
+            let (ra, rb) = std::thread::scope(|s| {
+                let other = (!b.is_empty())
+                    .then(|| s.spawn(|| b.iter().map(one).collect::<Result<Vec<_>, _>>()));
+                let mine = a.iter().map(one).collect::<Result<Vec<_>, _>>();
+                let theirs = other.map_or(Ok(Vec::new()), |h| {
+                    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+                });
+                (mine, theirs)
+            });
+            Ok(ra?.into_iter().chain(rb?).collect())
+        })
+    }
+
     /// Commit every partition of the batch that holds anything new (see [`Committed`]).
     ///
     /// A commit of the previous batch still in flight lands first (its outcome may ask for
@@ -101,13 +154,28 @@ impl<S: Source> Pipeline<S> {
     pub(super) async fn commit_parts(
         &mut self,
         parts: &mut [PartBatch],
+        early: EarlyEncode,
         shutdown: &CancellationToken,
         at: &mut std::time::Instant,
     ) -> Result<Committed, Stop> {
+        let mut early = match early.await {
+            Ok(r) => r.map_err(|e| Stop::Failed(PipelineError::from(e)))?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         let mut prepared = Vec::new();
         for part in parts.iter_mut() {
             if let Some(mut p) = self.prepare(part)? {
                 p.merges = self.compactor.take_ready(&p.tp, p.epoch);
+                // The datasets' files encoded while the windows folded (for the same offsets):
+                // only the dead letters are left to encode.
+                if let (Some((range, outputs)), Some((early_range, files))) =
+                    (p.encode.as_mut(), early.remove(&p.tp))
+                    && *range == early_range
+                {
+                    // `prepare` put the datasets' outputs first, then the dead letters.
+                    outputs.drain(..part.outputs.len().min(outputs.len()));
+                    p.files = files;
+                }
                 prepared.push(p);
             }
         }
@@ -436,7 +504,11 @@ fn encode_all(lake: &LakeSink, prepared: &mut [Prepared]) -> Result<(), Stop> {
         let Some((range, outputs)) = p.encode.take() else {
             return Ok(());
         };
-        p.files = lake.encode(&p.tp, p.state.topic_id.as_deref(), range, &outputs)?;
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        let files = lake.encode(&p.tp, p.state.topic_id.as_deref(), range, &outputs)?;
+        p.files.extend(files);
         Ok(())
     }
     let half = prepared.len().div_ceil(2);
