@@ -19,6 +19,7 @@ use super::queries::WindowEntry;
 use super::{Pipeline, Stop, WindowSet};
 use crate::history::{History, Range};
 use crate::source::{Source, TopicPartition};
+use crate::transform::Transform;
 use crate::windows::state::QueryState;
 
 impl<S: Source> Pipeline<S> {
@@ -64,14 +65,7 @@ impl<S: Source> Pipeline<S> {
         };
         let mut seeded = WindowSet::new();
         for (key, tps) in wanted {
-            let (Some(w), Some(t)) = (
-                self.queries.windows.get(&key).cloned(),
-                self.queries
-                    .transforms
-                    .iter()
-                    .find(|t| t.target_name() == key)
-                    .cloned(),
-            ) else {
+            let Some((w, t)) = self.windowed(&key) else {
                 continue;
             };
             let spec = &w.query.spec;
@@ -129,6 +123,18 @@ impl<S: Source> Pipeline<S> {
 }
 
 impl<S: Source> Pipeline<S> {
+    /// The running windowed query `key` and its transform.
+    fn windowed(&self, key: &str) -> Option<(WindowEntry, Transform)> {
+        let w = self.queries.windows.get(key)?.clone();
+        let t = self
+            .queries
+            .transforms
+            .iter()
+            .find(|t| t.target_name() == key)?
+            .clone();
+        Some((w, t))
+    }
+
     /// The state rows of `rows` (in the `transactions` schema) for windowed query `w`, per Kafka
     /// partition: partial aggregates, reduced to one row per window, group and partition.
     async fn states_of_rows(
@@ -172,14 +178,7 @@ impl<S: Source> Pipeline<S> {
         tps: &[TopicPartition],
         starts: &BTreeSet<i64>,
     ) -> Result<Result<(), String>, Stop> {
-        let (Some(w), Some(t)) = (
-            self.queries.windows.get(key).cloned(),
-            self.queries
-                .transforms
-                .iter()
-                .find(|t| t.target_name() == key)
-                .cloned(),
-        ) else {
+        let Some((w, t)) = self.windowed(key) else {
             return Ok(Err("the query is not running".into()));
         };
         let known = |o: &Observed, s: &i64| {
