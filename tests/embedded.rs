@@ -639,6 +639,16 @@ async fn windows_closed_while_their_points_were_unwritten_are_written_after_a_re
         metrics.lake_commits_overlapped.get() >= 1,
         "a commit went on while points were pending"
     );
+    // Where the windows' time goes, per query: every shipped windowed query folded and merged.
+    let text = metrics.encode();
+    for q in ["sales_by_brand", "price_percentiles", "sales_by_region"] {
+        for phase in ["fold", "merge"] {
+            let line = format!(
+                "carflow_window_query_seconds_total{{query=\"influx.{q}\",phase=\"{phase}\"}}"
+            );
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+    }
     let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
     let committed = scalar(&ctx, "SELECT count(*) FROM cars").await as u64;
     assert!(committed > 0, "the first run committed rows");

@@ -41,6 +41,16 @@ pub struct StepLabel {
     pub step: &'static str,
 }
 
+/// Labels of the per-query window time.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryPhase {
+    /// The windowed query (`influx.<measurement>`).
+    pub query: String,
+    /// `fold` (partial aggregates of a batch merged into the open windows) or `merge` (the
+    /// final merge of the touched windows over every partition).
+    pub phase: &'static str,
+}
+
 /// Every metric the engine keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -93,6 +103,8 @@ pub struct Metrics {
     pub lake_commits_fenced: Counter,
     /// Seconds spent in each step of the batch loop (where the time goes).
     pub step_seconds: Family<StepLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// Seconds each windowed query spent folding batches and merging windows.
+    pub window_query_seconds: Family<QueryPhase, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -130,6 +142,7 @@ impl Metrics {
             lake_commits_overlapped: Counter::default(),
             lake_commits_fenced: Counter::default(),
             step_seconds: Family::default(),
+            window_query_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -244,7 +257,22 @@ impl Metrics {
             "Seconds spent in each step of the batch loop: collect (waiting for messages), decode, prepare (ledgers, split), lake_transform, points (per-row influx), windows (fold), influx_write, lake_encode (Parquet), lake_commit (storage I/O), window_merge (final aggregates and line protocol of the touched windows), window_write (their InfluxDB write), offsets, close",
             m.step_seconds.clone(),
         );
+        registry.register(
+            "window_query_seconds",
+            "Seconds each windowed query spent: fold (a batch's partial aggregates merged into the open windows) and merge (the final merge of the touched windows over every partition); merges of several queries run at once",
+            m.window_query_seconds.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Add `secs` to windowed query `query`'s time in `phase` (`fold` or `merge`).
+    pub fn window_query(&self, query: &str, phase: &'static str, secs: f64) {
+        self.window_query_seconds
+            .get_or_create(&QueryPhase {
+                query: query.to_string(),
+                phase,
+            })
+            .inc_by(secs);
     }
 
     /// The counter of failed attempts of `sink` (to hand to a component that counts by itself).

@@ -35,6 +35,36 @@ use crate::transform::isolate::run_isolating;
 use crate::windows::state::QueryState;
 use crate::windows::watermark::{PartitionProgress, late_rows};
 
+/// Adds the time from its creation to its drop to a windowed query's phase.
+struct Timed {
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    query: String,
+    phase: &'static str,
+    at: Instant,
+}
+
+impl Timed {
+    fn new(
+        metrics: &std::sync::Arc<crate::metrics::Metrics>,
+        query: &str,
+        phase: &'static str,
+    ) -> Self {
+        Self {
+            metrics: std::sync::Arc::clone(metrics),
+            query: query.to_string(),
+            phase,
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        self.metrics
+            .window_query(&self.query, self.phase, self.at.elapsed().as_secs_f64());
+    }
+}
+
 /// How many times a merged write is redone when other partitions keep committing.
 const MAX_REWRITES: usize = 5;
 
@@ -81,6 +111,7 @@ impl<S: Source> Pipeline<S> {
             .map(|(k, w)| (k.clone(), w.clone()))
             .collect();
         for (key, w) in entries {
+            let _timed = Timed::new(&self.metrics, &key, "fold");
             let spec = &w.query.spec;
             let closed = self.closed_before(&spec.column);
             // Rows not late, per partition.
@@ -421,7 +452,11 @@ impl<S: Source> Pipeline<S> {
             }
             let ctx = self.queries.planner.batch_ctx.clone();
             let query = w.query.clone();
-            let task = tokio::spawn(async move { query.finish(states, &ctx).await });
+            let (metrics, key) = (std::sync::Arc::clone(&self.metrics), key.clone());
+            let task = tokio::spawn(async move {
+                let _timed = Timed::new(&metrics, &key, "merge");
+                query.finish(states, &ctx).await
+            });
             merges.push((w, task));
         }
         let mut points = 0u64;
