@@ -60,6 +60,34 @@ impl ReadAhead {
             + self.ready.as_ref().map_or(0, |c| c.messages.len())
     }
 
+    /// Drop the messages of `tps` read so far (not the carried one, which came after the
+    /// ownership change): a partition assigned (again) is read anew from its committed position,
+    /// so messages of it read before the assignment would skip what the re-delivery brings
+    /// before them. Returns how many were dropped.
+    pub fn forget(
+        &mut self,
+        tps: &std::collections::HashSet<crate::source::TopicPartition>,
+    ) -> usize {
+        let of = |m: &Message| tps.contains(&m.topic_partition());
+        let before = self.messages.len();
+        self.messages.retain(|m| !of(m));
+        let mut dropped = before - self.messages.len();
+        self.bytes = self.messages.iter().map(Message::size).sum();
+        if self.messages.is_empty() {
+            self.since = None;
+        }
+        if let Some(ready) = self.ready.as_mut()
+            && ready.messages.iter().any(of)
+        {
+            let kept: Vec<Message> = ready.messages.iter().filter(|m| !of(m)).cloned().collect();
+            dropped += ready.messages.len() - kept.len();
+            ready.messages = Arc::new(kept);
+            // Its decoding was of the whole batch: the pipeline decodes what is left itself.
+            ready.decoded = None;
+        }
+        dropped
+    }
+
     /// Is a whole batch waiting (the pipeline is behind the source)?
     pub fn has_batch(&self) -> bool {
         self.ready.as_ref().is_some_and(|c| !c.messages.is_empty())

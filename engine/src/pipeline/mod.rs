@@ -606,6 +606,16 @@ impl<S: Source> Pipeline<S> {
                     }
                 }
                 SourceEvent::Assigned(tps) => {
+                    // Messages of these partitions read ahead before the assignment: the
+                    // source reads them again from the committed position.
+                    let fresh: HashSet<TopicPartition> = tps.iter().cloned().collect();
+                    let dropped = self.ahead.forget(&fresh);
+                    if dropped > 0 {
+                        tracing::info!(
+                            messages = dropped,
+                            "messages read ahead before a partition assignment dropped; they are read again"
+                        );
+                    }
                     for tp in tps {
                         tracing::info!(partition = %tp, "partition assigned");
                         self.book.revoked.remove(&tp);
