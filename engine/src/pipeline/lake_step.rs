@@ -119,27 +119,11 @@ impl<S: Source> Pipeline<S> {
         }
         let lake = self.sinks.lake.clone();
         tokio::task::spawn_blocking(move || {
-            let one = |(tp, topic_id, range, outputs): &(
-                TopicPartition,
-                Option<String>,
-                (i64, i64),
-                Vec<DatasetOutput>,
-            )| {
+            let files = on_two_threads(&mut jobs, |(tp, topic_id, range, outputs)| {
                 lake.encode(tp, topic_id.as_deref(), *range, outputs)
                     .map(|files| (tp.clone(), (*range, files)))
-            };
-            let half = jobs.len().div_ceil(2);
-            let (a, b) = jobs.split_at(half);
-            let (ra, rb) = std::thread::scope(|s| {
-                let other = (!b.is_empty())
-                    .then(|| s.spawn(|| b.iter().map(one).collect::<Result<Vec<_>, _>>()));
-                let mine = a.iter().map(one).collect::<Result<Vec<_>, _>>();
-                let theirs = other.map_or(Ok(Vec::new()), |h| {
-                    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-                });
-                (mine, theirs)
-            });
-            Ok(ra?.into_iter().chain(rb?).collect())
+            })?;
+            Ok(files.into_iter().collect())
         })
     }
 
@@ -500,7 +484,7 @@ pub(super) type CommitResult = (Prepared, Result<PartitionLedger, RetryError<Lak
 /// Encode every partition's files, the partitions split over two threads (Parquet encoding is
 /// the CPU part of a commit; the machine it was tuned on has two cores).
 fn encode_all(lake: &LakeSink, prepared: &mut [Prepared]) -> Result<(), Stop> {
-    fn one(lake: &LakeSink, p: &mut Prepared) -> Result<(), LakeError> {
+    on_two_threads(prepared, |p| {
         let Some((range, outputs)) = p.encode.take() else {
             return Ok(());
         };
@@ -510,20 +494,29 @@ fn encode_all(lake: &LakeSink, prepared: &mut [Prepared]) -> Result<(), Stop> {
         let files = lake.encode(&p.tp, p.state.topic_id.as_deref(), range, &outputs)?;
         p.files.extend(files);
         Ok(())
-    }
-    let half = prepared.len().div_ceil(2);
-    let (a, b) = prepared.split_at_mut(half);
-    let (ra, rb) = if b.is_empty() {
-        (a.iter_mut().try_for_each(|p| one(lake, p)), Ok(()))
-    } else {
-        std::thread::scope(|s| {
-            let other = s.spawn(|| b.iter_mut().try_for_each(|p| one(lake, p)));
-            let mine = a.iter_mut().try_for_each(|p| one(lake, p));
-            let theirs = other
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e));
-            (mine, theirs)
-        })
-    };
-    ra.and(rb).map_err(|e| Stop::Failed(PipelineError::from(e)))
+    })
+    .map(|_| ())
+    .map_err(|e: LakeError| Stop::Failed(PipelineError::from(e)))
+}
+
+/// `f` over `items` on two threads (Parquet encoding is CPU-bound), each half in order; the
+/// results in the order of `items`, or the first error.
+fn on_two_threads<T: Send, R: Send, E: Send>(
+    items: &mut [T],
+    f: impl Fn(&mut T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    let half = items.len().div_ceil(2);
+    let (a, b) = items.split_at_mut(half);
+    let (mine, theirs) = std::thread::scope(|s| {
+        let other = (!b.is_empty())
+            .then(|| s.spawn(|| b.iter_mut().map(&f).collect::<Result<Vec<_>, E>>()));
+        let mine = a.iter_mut().map(&f).collect::<Result<Vec<_>, E>>();
+        let theirs = other.map_or(Ok(Vec::new()), |h| {
+            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        });
+        (mine, theirs)
+    });
+    let mut out = mine?;
+    out.extend(theirs?);
+    Ok(out)
 }
