@@ -99,8 +99,15 @@ impl<S: Source> Pipeline<S> {
                     continue;
                 }
             };
-            let wanted_parts: BTreeSet<i32> = tps.iter().map(|tp| tp.partition).collect();
-            let mine = only_partitions(&rows, &wanted_parts)?;
+            // The wanted partitions' rows (of this topic) below their ledger positions.
+            let committed: Vec<(TopicPartition, i64)> = tps
+                .iter()
+                .filter_map(|tp| {
+                    let o = self.book.owned.get(tp)?;
+                    Some((tp.clone(), o.ledger.next_offset))
+                })
+                .collect();
+            let mine = only_committed(&rows, &committed)?;
             let mut states = self.states_of_rows(&w, mine).await?;
             for tp in &tps {
                 let Some(o) = self.book.owned.get_mut(tp) else {
@@ -295,24 +302,6 @@ fn only_committed(
                     && offset.value(i) < *next
             }))
         })
-        .collect();
-    Ok(filter_record_batch(rows, &keep)?)
-}
-
-/// The rows of `rows` whose `_partition` is one of `parts`.
-fn only_partitions(rows: &RecordBatch, parts: &BTreeSet<i32>) -> Result<RecordBatch, Stop> {
-    use arrow::array::AsArray;
-    let p = rows
-        .column_by_name(crate::schema::COL_PARTITION)
-        .ok_or_else(|| {
-            Stop::Failed(super::PipelineError::Arrow(
-                arrow::error::ArrowError::SchemaError("no _partition".into()),
-            ))
-        })?
-        .as_primitive::<arrow::datatypes::Int32Type>();
-    let keep: BooleanArray = p
-        .iter()
-        .map(|v| Some(v.is_some_and(|v| parts.contains(&v))))
         .collect();
     Ok(filter_record_batch(rows, &keep)?)
 }
