@@ -264,6 +264,76 @@ async fn rebalances_in_the_middle_of_batches_neither_lose_nor_duplicate() {
     check_lake_and_points(dir.path(), n as i64).await;
 }
 
+/// A re-delivery that leaves messages out — as a buffer keeping messages read before a
+/// partition's assignment did (fault run faults-100000-011418 lost 1,779 records that way) — is
+/// noticed: the partition's next message lies beyond its ledger's position. The partition is read
+/// again from there, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_delivery_that_skips_messages_is_read_again_from_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20_000;
+    let msgs = messages(23, n, &bad_payloads());
+    // Each re-delivery starts 1,000 messages past the committed position, beyond the ledger's
+    // (which leads it by a few batches of ~125 messages per partition: positions are committed
+    // once a batch's points land, and the source resumes from the commit before the last).
+    let source = MemorySource::new(msgs)
+        .with_rebalances(vec![4_000, 11_000])
+        .with_skips_after_rebalance(1_000);
+    let metrics = Arc::new(Metrics::new());
+    let mut p = pipeline(source, &config(dir.path(), 1_000), &metrics).await;
+    let summary = p.run(&CancellationToken::new()).await.unwrap();
+    assert_eq!(summary.late_rows, 0);
+    check_lake_and_points(dir.path(), n as i64).await;
+    let source = p.into_source();
+    assert!(
+        source.rewinds.len() >= 8,
+        "every partition read again after each skipping re-delivery: {:?}",
+        source.rewinds
+    );
+    assert_eq!(metrics.source_rereads.get(), source.rewinds.len() as u64);
+    assert_eq!(metrics.source_offsets_missing.get(), 0);
+}
+
+/// Offsets a partition does not have (deleted by retention before they were read, compacted
+/// away, transaction markers) are asked for once, then counted and passed over: every message
+/// there is is processed once, and the pipeline does not stall on the holes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_a_partition_does_not_have_are_counted_and_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = messages(29, 12_000, &[]);
+    // A run of 40 offsets, and single offsets 7 apart, missing in every partition.
+    let hole = |o: i64| (300..340).contains(&o) || ((1_000..1_070).contains(&o) && o % 7 == 0);
+    let mut last = std::collections::HashMap::new();
+    for m in &all {
+        last.insert(m.partition, m.offset);
+    }
+    assert!(
+        last.values().all(|o| *o > 1_100),
+        "every partition goes on past its holes: {last:?}"
+    );
+    let kept: Vec<Message> = all.iter().filter(|m| !hole(m.offset)).cloned().collect();
+    let missing = (all.len() - kept.len()) as u64;
+    let metrics = Arc::new(Metrics::new());
+    let mut p = pipeline(
+        MemorySource::new(kept.clone()),
+        &config(dir.path(), 500),
+        &metrics,
+    )
+    .await;
+    let summary = p.run(&CancellationToken::new()).await.unwrap();
+    assert_eq!(summary.records_in, kept.len() as u64);
+    check_lake_and_points(dir.path(), kept.len() as i64).await;
+    assert_eq!(
+        metrics.source_offsets_missing.get(),
+        missing,
+        "every missing offset counted once"
+    );
+    assert!(
+        metrics.source_rereads.get() >= 1,
+        "a hole is asked for before it is passed over"
+    );
+}
+
 /// Partitions delivered at uneven speeds, like a consumer catching up on a backlog: one half of
 /// the partitions (the first half, or with `first_fast == false` the second) moves three times
 /// faster than the other.

@@ -437,3 +437,65 @@ async fn readers_see_a_commit_whose_writer_died_before_moving_its_files() {
     let ctx = lake_context(&s.lake.url).await;
     assert_lake_exact(&ctx, 2_000).await;
 }
+
+/// Offsets without a message on the real Kafka — the messages of an aborted transaction (left out
+/// under read_committed) and the transactions' markers — make the engine seek the partition back
+/// to its ledger's position once (`Source::rewind` on the real consumer), then pass over what is
+/// not there, counted in `carflow_source_offsets_missing_total`: every committed message is in the
+/// lake once, no aborted one is, and the points equal the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_without_a_message_are_asked_for_again_then_passed_over() {
+    use rdkafka::producer::Producer;
+    let s = setup_with("holes", 2).await;
+    let mut g = generator(52);
+    let mut next = |n: usize| -> Vec<(String, Vec<u8>)> {
+        (0..n)
+            .map(|_| {
+                let t = g.next_transaction();
+                (t.dealer_id.clone(), t.to_json().into_bytes())
+            })
+            .collect()
+    };
+    let (before, aborted, committed, after) = (next(1_500), next(400), next(800), next(1_500));
+    let plain = producer(&s.kafka.brokers, &Default::default()).unwrap();
+    send_all(&plain, &s.topic.name, before.clone()).await;
+    let extra = [(
+        "transactional.id".to_string(),
+        format!("carflow-test-{}", s.topic.name),
+    )]
+    .into_iter()
+    .collect();
+    let tx = producer(&s.kafka.brokers, &extra).unwrap();
+    let t = Duration::from_secs(30);
+    tx.init_transactions(t).unwrap();
+    tx.begin_transaction().unwrap();
+    send_all(&tx, &s.topic.name, aborted).await;
+    tx.abort_transaction(t).unwrap();
+    tx.begin_transaction().unwrap();
+    send_all(&tx, &s.topic.name, committed.clone()).await;
+    tx.commit_transaction(t).unwrap();
+    // Plain messages last: the topic ends with a message, not a marker.
+    send_all(&plain, &s.topic.name, after.clone()).await;
+    let good = (before.len() + committed.len() + after.len()) as i64;
+    let ends: i64 = s.kafka.end_offsets(&s.topic.name).iter().sum();
+    assert!(
+        ends > good,
+        "the transactions took offsets without a message"
+    );
+
+    let mut e = EngineProcess::start(&s.env("carflow-holes"), s.logs.path(), "holes");
+    s.wait_done(&mut [&mut e], Duration::from_secs(300)).await;
+    let missing = e.metric("carflow_source_offsets_missing_total").await as i64;
+    let rereads = e.metric("carflow_source_rereads_total").await;
+    assert!(e.stop(), "{}", e.log_tail());
+    s.check(good, 0).await;
+    assert_eq!(
+        missing,
+        ends - good,
+        "every offset without a message counted once"
+    );
+    assert!(
+        rereads >= 1.0,
+        "a hole is asked for before it is passed over"
+    );
+}

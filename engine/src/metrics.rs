@@ -101,6 +101,11 @@ pub struct Metrics {
     pub lake_commits_overlapped: Counter,
     /// Partition commits refused because another writer had moved the partition's ledger on.
     pub lake_commits_fenced: Counter,
+    /// Times a partition was read again from its ledger's position because the source delivered
+    /// a message beyond it.
+    pub source_rereads: Counter,
+    /// Offsets a partition did not have even when read again (passed over).
+    pub source_offsets_missing: Counter,
     /// Seconds spent in each step of the batch loop (where the time goes).
     pub step_seconds: Family<StepLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Seconds each windowed query spent folding batches and merging windows.
@@ -141,6 +146,8 @@ impl Metrics {
             lake_files_merged: Counter::default(),
             lake_commits_overlapped: Counter::default(),
             lake_commits_fenced: Counter::default(),
+            source_rereads: Counter::default(),
+            source_offsets_missing: Counter::default(),
             step_seconds: Family::default(),
             window_query_seconds: Family::default(),
             registry: Registry::default(),
@@ -164,6 +171,16 @@ impl Metrics {
             "lake_commits_fenced",
             "Partition commits refused because another writer moved the partition's ledger on (the partition is reloaded and its messages processed again)",
             m.lake_commits_fenced.clone(),
+        );
+        registry.register(
+            "source_rereads",
+            "Times a partition was read again from its ledger's position because the source delivered a message beyond it (messages it had left out)",
+            m.source_rereads.clone(),
+        );
+        registry.register(
+            "source_offsets_missing",
+            "Offsets a partition did not have even when read again (deleted by retention before they were read, compacted away, transaction markers, aborted transactions): passed over",
+            m.source_offsets_missing.clone(),
         );
         registry.register(
             "records_in",

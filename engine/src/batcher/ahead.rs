@@ -88,6 +88,19 @@ impl ReadAhead {
         dropped
     }
 
+    /// [`ReadAhead::forget`], and the carried message too when it is of `tps`: for partitions
+    /// the source was asked to read again from an earlier offset, which brings it again.
+    pub fn forget_all(
+        &mut self,
+        tps: &std::collections::HashSet<crate::source::TopicPartition>,
+    ) -> usize {
+        let carried = self
+            .carry
+            .take_if(|m| tps.contains(&m.topic_partition()))
+            .is_some();
+        self.forget(tps) + usize::from(carried)
+    }
+
     /// Is a whole batch waiting (the pipeline is behind the source)?
     pub fn has_batch(&self) -> bool {
         self.ready.as_ref().is_some_and(|c| !c.messages.is_empty())

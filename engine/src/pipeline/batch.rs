@@ -71,6 +71,19 @@ impl<S: Source> Pipeline<S> {
             if kept.is_empty() {
                 return Ok(());
             }
+            let tps: Vec<TopicPartition> = offset_ranges(&kept).into_keys().collect();
+            for tp in &tps {
+                self.ensure_loaded(tp, shutdown).await?;
+            }
+            self.refresh_view().await;
+            for tp in &tps {
+                self.check_topic_id(tp)?;
+            }
+            let kept = self.mind_the_holes(kept).await;
+            if kept.is_empty() {
+                return Ok(());
+            }
+            self.metrics.step("prepare", &mut at);
             let bytes: usize = kept.iter().map(Message::size).sum();
             let ready = match (&kept, decoded.take()) {
                 (Cow::Borrowed(_), Some(handle)) => handle.await.ok(),
@@ -87,13 +100,6 @@ impl<S: Source> Pipeline<S> {
             }
             self.metrics.step("decode", &mut at);
             let ranges = offset_ranges(&kept);
-            for tp in ranges.keys() {
-                self.ensure_loaded(tp, shutdown).await?;
-            }
-            self.refresh_view().await;
-            for tp in ranges.keys() {
-                self.check_topic_id(tp)?;
-            }
             let mut parts = self.part_batches(&ranges, &decoded.rows, decoded.dead_letters)?;
             let mut index = MessageIndex::new(&kept);
             self.metrics.step("prepare", &mut at);

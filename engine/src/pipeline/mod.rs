@@ -35,6 +35,7 @@ macro_rules! reading_ahead {
 mod batch;
 mod compaction;
 mod gate;
+mod holes;
 mod lake_step;
 mod overlap;
 mod part;
@@ -723,6 +724,7 @@ impl<S: Source> Pipeline<S> {
                 next_processed: None,
                 epoch: Owned::next_epoch(),
                 held: None,
+                holes: Default::default(),
             },
         );
         // Is it still the topic the ledger recorded?

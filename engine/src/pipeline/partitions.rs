@@ -33,6 +33,8 @@ pub struct Owned {
     /// What the last close dropped while its batch's points were not written yet (its commit
     /// in flight): the next commit still carries it.
     pub held: Option<Held>,
+    /// Holes in its offsets seen in this ownership.
+    pub holes: super::holes::Holes,
 }
 
 /// Open windows and the close boundary as they were before a close whose batch's window points

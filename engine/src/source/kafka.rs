@@ -307,6 +307,19 @@ impl Source for KafkaSource {
             .is_empty()
     }
 
+    async fn rewind(&mut self, tp: &TopicPartition, offset: i64) -> Result<bool, SourceError> {
+        // librdkafka drops what it fetched of the partition before the seek (its fetch queue is
+        // versioned), and a seek to an offset the log no longer has resets by auto.offset.reset.
+        let consumer = Arc::clone(&self.consumer);
+        let (topic, partition) = (tp.topic.to_string(), tp.partition);
+        tokio::task::spawn_blocking(move || {
+            consumer.seek(&topic, partition, Offset::Offset(offset), REQUEST_TIMEOUT)
+        })
+        .await
+        .map_err(|e| SourceError::Config(format!("seek task: {e}")))??;
+        Ok(true)
+    }
+
     async fn topic_view(&mut self, max_age: Duration) -> Result<TopicView, SourceError> {
         if let Some((at, view)) = &self.view
             && at.elapsed() < max_age

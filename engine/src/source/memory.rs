@@ -24,6 +24,9 @@ pub struct MemorySource {
     pub commits: Vec<Vec<PartitionCommit>>,
     announced: bool,
     stale_after: Option<usize>,
+    skip_after_rebalance: usize,
+    /// Every rewind asked for, in order.
+    pub rewinds: Vec<(TopicPartition, i64)>,
 }
 
 impl MemorySource {
@@ -50,6 +53,13 @@ impl MemorySource {
         self
     }
 
+    /// After each rebalance, leave the first `n` messages of each partition's re-delivery out
+    /// (they are still delivered after a [`Source::rewind`] to them).
+    pub fn with_skips_after_rebalance(mut self, n: usize) -> Self {
+        self.skip_after_rebalance = n;
+        self
+    }
+
     fn partitions(&self) -> Vec<TopicPartition> {
         let mut tps: Vec<TopicPartition> = self
             .all
@@ -71,10 +81,19 @@ impl MemorySource {
         let tps = self.partitions();
         self.events.push(SourceEvent::Revoked(tps.clone()));
         self.events.push(SourceEvent::Assigned(tps));
+        let mut skip: HashMap<TopicPartition, usize> = HashMap::new();
         self.queue = self
             .all
             .iter()
-            .filter(|m| m.offset >= committed.get(&m.topic_partition()).copied().unwrap_or(0))
+            .filter(|m| {
+                let tp = m.topic_partition();
+                if m.offset < committed.get(&tp).copied().unwrap_or(0) {
+                    return false;
+                }
+                let skipped = skip.entry(tp).or_default();
+                *skipped += 1;
+                *skipped > self.skip_after_rebalance
+            })
             .cloned()
             .collect();
     }
@@ -134,6 +153,27 @@ impl Source for MemorySource {
                 .insert(0, SourceEvent::Assigned(self.partitions()));
         }
         std::mem::take(&mut self.events)
+    }
+
+    async fn rewind(&mut self, tp: &TopicPartition, offset: i64) -> Result<bool, SourceError> {
+        self.rewinds.push((tp.clone(), offset));
+        // Each partition's queued messages are the tail of its messages: keep the others'
+        // tails, and `tp`'s messages from `offset` on, in the order of `all`.
+        let mut from: HashMap<TopicPartition, i64> = HashMap::new();
+        for m in &self.queue {
+            from.entry(m.topic_partition()).or_insert(m.offset);
+        }
+        from.insert(tp.clone(), offset);
+        self.queue = self
+            .all
+            .iter()
+            .filter(|m| {
+                from.get(&m.topic_partition())
+                    .is_some_and(|start| m.offset >= *start)
+            })
+            .cloned()
+            .collect();
+        Ok(true)
     }
 
     async fn topic_view(&mut self, max_age: Duration) -> Result<TopicView, SourceError> {

@@ -210,4 +210,17 @@ pub trait Source: Send {
     fn lag(&self) -> Option<i64> {
         None
     }
+
+    /// Deliver the owned partition `tp` again from `offset` on: the next message of it is the
+    /// one at `offset` or, where offsets from there no longer exist, the first after them. What
+    /// the caller holds of it from `offset` on is the caller's to drop. Returns `false` when this
+    /// source cannot go back (its messages are then taken as they come).
+    fn rewind(
+        &mut self,
+        tp: &TopicPartition,
+        offset: i64,
+    ) -> impl Future<Output = Result<bool, SourceError>> + Send {
+        let _ = (tp, offset);
+        async { Ok(false) }
+    }
 }

@@ -1,0 +1,154 @@
+//! Every offset in order: a partition's messages must go on from its ledger's position.
+//!
+//! The lake's ledger says up to which offset a partition is processed; what the pipeline gets
+//! next must start there (or before it: a replay). A message beyond it means the offsets between
+//! were not delivered — a buffer that kept messages read before an assignment did that once
+//! (fault run faults-100000-011418 lost 1,779 records) — or do not exist (deleted by retention
+//! before they were read, compacted away, transaction markers, aborted transactions). The
+//! pipeline cannot tell which from the messages, so it asks: the partition is read again from
+//! the ledger's position ([`crate::source::Source::rewind`]), and what this batch holds of it from
+//! there is left out. When the re-read brings the same hole, the offsets are not there: they are
+//! counted (`carflow_source_offsets_missing_total`), logged, and passed over, and later holes of
+//! that ownership are passed over without asking (a source with transaction markers has one
+//! after every transaction).
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+use super::Pipeline;
+use crate::source::{Message, Source, TopicPartition};
+
+/// What an ownership of a partition knows of holes in its offsets.
+#[derive(Debug, Clone, Default)]
+pub struct Holes {
+    /// The source was asked to deliver the partition again from here (a hole seen there).
+    asked_from: Option<i64>,
+    /// A hole the source confirmed: later ones are passed over without asking again.
+    confirmed: bool,
+}
+
+/// A hole not seen before: the partition is read again from `from`.
+struct Ask {
+    tp: TopicPartition,
+    from: i64,
+    found: i64,
+}
+
+impl<S: Source> Pipeline<S> {
+    /// Check that each owned partition's messages in `kept` (in processing order) go on from its
+    /// ledger's position without a hole; see the module docs. Returns the messages to process:
+    /// `kept` itself, or without the messages after a hole the source was asked for again.
+    pub(super) async fn mind_the_holes<'m>(
+        &mut self,
+        kept: Cow<'m, [Message]>,
+    ) -> Cow<'m, [Message]> {
+        let mut asks = Vec::new();
+        let mut start = 0;
+        while start < kept.len() {
+            let first = &kept[start];
+            let end = start
+                + kept[start..]
+                    .iter()
+                    .position(|m| m.partition != first.partition || m.topic != first.topic)
+                    .unwrap_or(kept.len() - start);
+            let group = &kept[start..end];
+            start = end;
+            let tp = first.topic_partition();
+            let Some(owned) = self.book.owned.get_mut(&tp) else {
+                continue;
+            };
+            let ledger = &owned.ledger;
+            // Nothing committed and nothing processed yet: the first message sets the start
+            // (where the source's auto.offset.reset put it).
+            let mut next = (ledger.seq > 0 || ledger.next_offset > 0).then_some(ledger.next_offset);
+            let holes = &mut owned.holes;
+            for m in group {
+                let Some(expected) = next else {
+                    next = Some(m.offset + 1);
+                    continue;
+                };
+                if m.offset <= expected {
+                    // A replay (below the ledger), or the next offset.
+                    if m.offset == expected {
+                        next = Some(expected + 1);
+                    }
+                    continue;
+                }
+                if holes.asked_from == Some(expected) || holes.confirmed {
+                    let missing = (m.offset - expected) as u64;
+                    self.metrics.source_offsets_missing.inc_by(missing);
+                    if holes.confirmed {
+                        tracing::debug!(partition = %tp, from = expected, to = m.offset - 1, missing,
+                            "offsets the partition does not have passed over");
+                    } else {
+                        tracing::warn!(partition = %tp, from = expected, to = m.offset - 1, missing,
+                            "the partition does not have these offsets, even read again (deleted by retention before they were read, compacted away, or transaction markers): passed over; counted in carflow_source_offsets_missing_total");
+                    }
+                    holes.confirmed = true;
+                    holes.asked_from = None;
+                    next = Some(m.offset + 1);
+                    continue;
+                }
+                asks.push(Ask {
+                    tp: tp.clone(),
+                    from: expected,
+                    found: m.offset,
+                });
+                break;
+            }
+        }
+        if asks.is_empty() {
+            return kept;
+        }
+        let mut cut: HashMap<TopicPartition, i64> = HashMap::new();
+        let mut dropped_ahead = HashSet::new();
+        for Ask { tp, from, found } in asks {
+            match self.source.rewind(&tp, from).await {
+                Ok(true) => {
+                    self.metrics.source_rereads.inc();
+                    tracing::warn!(partition = %tp, ledger_next_offset = from, delivered = found,
+                        left_out = found - from,
+                        "the source delivered a message beyond the partition's ledger position; reading the partition again from there");
+                    if let Some(o) = self.book.owned.get_mut(&tp) {
+                        o.holes.asked_from = Some(from);
+                    }
+                    dropped_ahead.insert(tp.clone());
+                    cut.insert(tp, from);
+                }
+                Ok(false) => {
+                    // A source that cannot go back: its messages are taken as they come.
+                    self.metrics
+                        .source_offsets_missing
+                        .inc_by((found - from) as u64);
+                    tracing::warn!(partition = %tp, from, to = found - 1,
+                        "offsets not delivered by a source that cannot read again: passed over");
+                    if let Some(o) = self.book.owned.get_mut(&tp) {
+                        o.holes.confirmed = true;
+                    }
+                }
+                Err(e) => {
+                    // Nothing after the hole is processed; the next batch asks again.
+                    self.metrics.error("source");
+                    tracing::warn!(partition = %tp, from, delivered = found, error = %e,
+                        "the source delivered a message beyond the partition's ledger position and cannot be asked to read again now; leaving the partition's messages after the gap for the next batch");
+                    cut.insert(tp, from);
+                }
+            }
+        }
+        if !dropped_ahead.is_empty() {
+            self.ahead.forget_all(&dropped_ahead);
+        }
+        if cut.is_empty() {
+            return kept;
+        }
+        Cow::Owned(
+            kept.iter()
+                .filter(|m| {
+                    cut.get(&m.topic_partition())
+                        .is_none_or(|from| m.offset < *from)
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+}
