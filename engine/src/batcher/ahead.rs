@@ -7,7 +7,8 @@
 //! positions still move only when a batch is committed, so a crash loses nothing that is not
 //! read again. The rules of a batch hold for what is read ahead: it closes at the row or byte
 //! limit, at the linger time counted from its first message, and before the first message that
-//! follows a change of partition ownership.
+//! follows a change of partition ownership; and nothing is read while such a change waits to be
+//! applied.
 
 use std::future::Future;
 
@@ -154,7 +155,10 @@ pub async fn read_ahead_while<S: Source, T>(
     tokio::pin!(linger);
     let mut armed = false;
     loop {
-        if ahead.ready.is_some() || ahead.failed.is_some() {
+        // An ownership change waiting to be applied: nothing is read until it is (what is read
+        // ahead must all predate the change, but for the one message carried across it, or the
+        // assignment would take messages of the new ownership for ones read before it).
+        if ahead.ready.is_some() || ahead.failed.is_some() || source.has_events() {
             return work.await;
         }
         if let Some(m) = ahead.carry.take() {

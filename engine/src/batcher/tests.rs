@@ -498,3 +498,41 @@ async fn an_assignment_drops_what_was_read_ahead_of_its_partitions() {
     assert_eq!(ahead.carry.as_ref().map(|m| m.offset), Some(9));
     assert_eq!(ahead.forget(&p1), 0);
 }
+
+/// Nothing is read ahead while an ownership change waits to be applied: the message that came
+/// with the change (carried to the next batch) stays carried, and no message after it is read.
+/// Reading on would mix messages of the new ownership into what the assignment takes for read
+/// before it, and drops (the two-engine test on the real services lost offset 0 of a partition
+/// so: a commit in flight landed while the change waited, reading ahead meanwhile).
+#[tokio::test(start_paused = true)]
+async fn nothing_is_read_ahead_while_an_ownership_change_waits() {
+    use crate::source::memory::MemorySource;
+    let all: Vec<Message> = (0..30).map(good).collect();
+    let mut source = MemorySource::new(all).with_rebalances(vec![4]);
+    let (limits, rules) = (limits(10), DecodeRules::with_max_message_bytes(1 << 20));
+    let mut ahead = ReadAhead::default();
+    assert!(!source.take_events().is_empty(), "the first assignment");
+    let batch = collect_batch(&mut source, &limits, &CancellationToken::new(), &mut ahead)
+        .await
+        .unwrap();
+    assert_eq!(batch.end, BatchEnd::Rebalance);
+    assert_eq!(batch.messages.len(), 4);
+    assert!(source.has_events(), "the change waits to be applied");
+    let carried = ahead.carry.as_ref().map(|m| m.offset);
+    assert!(carried.is_some());
+    // A commit in flight lands before the change is applied.
+    read_ahead_while(
+        &mut source,
+        &limits,
+        &rules,
+        &mut ahead,
+        tokio::time::sleep(Duration::from_secs(5)),
+    )
+    .await;
+    assert_eq!(
+        ahead.carry.as_ref().map(|m| m.offset),
+        carried,
+        "the carried message stays carried"
+    );
+    assert_eq!(ahead.held(), 1, "nothing read after it");
+}
