@@ -93,6 +93,11 @@ impl HdfsDir {
 
 impl Drop for HdfsDir {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test's lake stays, to be read: `carflow sql --lake <url>`.
+            eprintln!("lake of the failed test kept at {}", self.url);
+            return;
+        }
         let url = self.url.clone();
         block_on_thread(async move {
             let Ok(loc) = Location::open(&url) else {

@@ -166,6 +166,22 @@ impl Logs {
     }
 }
 
+impl Drop for Logs {
+    /// A failing test keeps its engines' logs, and says where (a failure that does not come
+    /// again is read from them).
+    fn drop(&mut self) {
+        if let Logs::Temp(t) = self
+            && std::thread::panicking()
+        {
+            t.disable_cleanup(true);
+            eprintln!(
+                "engine logs of the failed test kept in {}",
+                t.path().display()
+            );
+        }
+    }
+}
+
 /// A [`Setup`] whose topic has `partitions` partitions.
 pub async fn setup_with(name: &str, partitions: i32) -> Setup {
     let kafka = Kafka::get();
