@@ -25,6 +25,9 @@ pub struct Holes {
     asked_from: Option<i64>,
     /// A hole the source confirmed: later ones are passed over without asking again.
     confirmed: bool,
+    /// Where the source started the partition, asked once while the lake held nothing of it
+    /// (`None` inside: the source does not know).
+    start: Option<Option<i64>>,
 }
 
 /// A hole not seen before: the partition is read again from `from`.
@@ -42,6 +45,7 @@ impl<S: Source> Pipeline<S> {
         &mut self,
         kept: Cow<'m, [Message]>,
     ) -> Cow<'m, [Message]> {
+        self.ask_starts(&kept).await;
         let mut asks = Vec::new();
         let mut start = 0;
         while start < kept.len() {
@@ -58,9 +62,13 @@ impl<S: Source> Pipeline<S> {
                 continue;
             };
             let ledger = &owned.ledger;
-            // Nothing committed and nothing processed yet: the first message sets the start
-            // (where the source's auto.offset.reset put it).
-            let mut next = (ledger.seq > 0 || ledger.next_offset > 0).then_some(ledger.next_offset);
+            // Nothing committed and nothing processed yet: the partition goes on from where the
+            // source started it (when the source knows), else from its first message.
+            let mut next = if ledger.seq > 0 || ledger.next_offset > 0 {
+                Some(ledger.next_offset)
+            } else {
+                owned.holes.start.flatten()
+            };
             let holes = &mut owned.holes;
             for m in group {
                 let Some(expected) = next else {
@@ -150,5 +158,38 @@ impl<S: Source> Pipeline<S> {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// Ask the source where it started each partition of `kept` the lake holds nothing of yet
+    /// (once per ownership).
+    async fn ask_starts(&mut self, kept: &[Message]) {
+        let mut wanted: Vec<TopicPartition> = Vec::new();
+        let mut last: Option<&Message> = None;
+        for m in kept {
+            if last.is_some_and(|l| l.partition == m.partition && l.topic == m.topic) {
+                continue;
+            }
+            last = Some(m);
+            let tp = m.topic_partition();
+            if let Some(o) = self.book.owned.get(&tp)
+                && o.ledger.seq == 0
+                && o.ledger.next_offset == 0
+                && o.holes.start.is_none()
+            {
+                wanted.push(tp);
+            }
+        }
+        for tp in wanted {
+            let start = match self.source.start_of(&tp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(partition = %tp, error = %e, "cannot tell where the source started the partition");
+                    None
+                }
+            };
+            if let Some(o) = self.book.owned.get_mut(&tp) {
+                o.holes.start = Some(start);
+            }
+        }
     }
 }

@@ -133,6 +133,8 @@ pub struct KafkaSource {
     view: Option<(Instant, TopicView)>,
     errors: Counter,
     backoff: Duration,
+    /// `auto.offset.reset` starts a partition without a committed position at its beginning.
+    resets_to_earliest: bool,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -212,7 +214,11 @@ impl KafkaSource {
         errors: Counter,
     ) -> Result<Self, SourceError> {
         let mut cc = ClientConfig::new();
-        for (k, v) in consumer_settings(c, batch_max_bytes) {
+        let settings = consumer_settings(c, batch_max_bytes);
+        let resets_to_earliest = settings
+            .get("auto.offset.reset")
+            .is_some_and(|v| matches!(v.as_str(), "earliest" | "smallest" | "beginning"));
+        for (k, v) in settings {
             cc.set(k, v);
         }
         let context = CarflowContext {
@@ -231,6 +237,7 @@ impl KafkaSource {
             view: None,
             errors,
             backoff: Duration::from_millis(100),
+            resets_to_earliest,
         })
     }
 }
@@ -305,6 +312,30 @@ impl Source for KafkaSource {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty()
+    }
+
+    async fn start_of(&mut self, tp: &TopicPartition) -> Result<Option<i64>, SourceError> {
+        let consumer = Arc::clone(&self.consumer);
+        let (topic, partition) = (tp.topic.to_string(), tp.partition);
+        let earliest = self.resets_to_earliest;
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
+            let at = committed
+                .find_partition(&topic, partition)
+                .map(|e| e.offset());
+            if let Some(Offset::Offset(o)) = at {
+                return Ok(Some(o));
+            }
+            if earliest {
+                let (low, _) = consumer.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?;
+                return Ok(Some(low));
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| SourceError::Config(format!("start task: {e}")))?
     }
 
     async fn rewind(&mut self, tp: &TopicPartition, offset: i64) -> Result<bool, SourceError> {

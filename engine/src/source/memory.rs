@@ -25,6 +25,8 @@ pub struct MemorySource {
     announced: bool,
     stale_after: Option<usize>,
     skip_after_rebalance: usize,
+    /// Where each partition's delivery started (its committed position when assigned).
+    starts: HashMap<TopicPartition, i64>,
     /// Every rewind asked for, in order.
     pub rewinds: Vec<(TopicPartition, i64)>,
 }
@@ -79,6 +81,7 @@ impl MemorySource {
             committed.insert(c.tp.clone(), c.next_offset);
         }
         let tps = self.partitions();
+        self.starts = committed.clone();
         self.events.push(SourceEvent::Revoked(tps.clone()));
         self.events.push(SourceEvent::Assigned(tps));
         let mut skip: HashMap<TopicPartition, usize> = HashMap::new();
@@ -112,6 +115,7 @@ impl MemorySource {
         Self {
             queue,
             all: messages,
+            starts: start,
             ..Self::default()
         }
     }
@@ -153,6 +157,17 @@ impl Source for MemorySource {
                 .insert(0, SourceEvent::Assigned(self.partitions()));
         }
         std::mem::take(&mut self.events)
+    }
+
+    async fn start_of(&mut self, tp: &TopicPartition) -> Result<Option<i64>, SourceError> {
+        // The committed position, else the partition's first message.
+        Ok(self.starts.get(tp).copied().or_else(|| {
+            self.all
+                .iter()
+                .filter(|m| m.topic_partition() == *tp)
+                .map(|m| m.offset)
+                .min()
+        }))
     }
 
     async fn rewind(&mut self, tp: &TopicPartition, offset: i64) -> Result<bool, SourceError> {

@@ -211,6 +211,18 @@ pub trait Source: Send {
         None
     }
 
+    /// Where this source starts delivering the owned partition `tp` when the lake holds nothing
+    /// of it: its committed position, else where `auto.offset.reset` puts it (`None` when that
+    /// is not known, e.g. the end of the partition). The pipeline checks a partition's first
+    /// message against it as it checks later ones against the ledger.
+    fn start_of(
+        &mut self,
+        tp: &TopicPartition,
+    ) -> impl Future<Output = Result<Option<i64>, SourceError>> + Send {
+        let _ = tp;
+        async { Ok(None) }
+    }
+
     /// Deliver the owned partition `tp` again from `offset` on: the next message of it is the
     /// one at `offset` or, where offsets from there no longer exist, the first after them. What
     /// the caller holds of it from `offset` on is the caller's to drop. Returns `false` when this
