@@ -448,14 +448,7 @@ async fn offsets_without_a_message_are_asked_for_again_then_passed_over() {
     use rdkafka::producer::Producer;
     let s = setup_with("holes", 2).await;
     let mut g = generator(52);
-    let mut next = |n: usize| -> Vec<(String, Vec<u8>)> {
-        (0..n)
-            .map(|_| {
-                let t = g.next_transaction();
-                (t.dealer_id.clone(), t.to_json().into_bytes())
-            })
-            .collect()
-    };
+    let mut next = |n: usize| next_records(&mut g, n);
     let (before, aborted, committed, after) = (next(1_500), next(400), next(800), next(1_500));
     let plain = producer(&s.kafka.brokers, &Default::default()).unwrap();
     send_all(&plain, &s.topic.name, before.clone()).await;

@@ -109,14 +109,7 @@ async fn a_far_future_event_neither_closes_windows_nor_freezes_offsets() {
     let s = setup_with("future", 3).await;
     let p = producer(&s.kafka.brokers, &Default::default()).unwrap();
     let mut g = generator(91);
-    let mut next = |k: usize| -> Vec<(String, Vec<u8>)> {
-        (0..k)
-            .map(|_| {
-                let t = g.next_transaction();
-                (t.dealer_id.clone(), t.to_json().into_bytes())
-            })
-            .collect()
-    };
+    let mut next = |n: usize| next_records(&mut g, n);
     let group = "carflow-future";
     let env = s.env(group);
     send_all(&p, &s.topic.name, next(6_000)).await;
@@ -414,14 +407,7 @@ async fn on_a_quiet_topic_the_committed_offsets_reach_the_end_and_a_restart_stay
     let s = setup_with("lag", 3).await;
     let p = producer(&s.kafka.brokers, &Default::default()).unwrap();
     let mut g = generator(111);
-    let mut next = |k: usize| -> Vec<(String, Vec<u8>)> {
-        (0..k)
-            .map(|_| {
-                let t = g.next_transaction();
-                (t.dealer_id.clone(), t.to_json().into_bytes())
-            })
-            .collect()
-    };
+    let mut next = |n: usize| next_records(&mut g, n);
     send_all(&p, &s.topic.name, next(20_000)).await;
     let group = "carflow-lag";
     let mut e = EngineProcess::start(&s.env(group), s.logs.path(), "lag");

@@ -94,14 +94,19 @@ impl Feed {
 
     /// Send the next `n` transactions (keyed by dealer) and wait for every delivery.
     pub async fn send(&mut self, n: usize) {
-        let records: Vec<_> = (0..n)
-            .map(|_| {
-                let t = self.generator.next_transaction();
-                (t.dealer_id.clone(), t.to_json().into_bytes())
-            })
-            .collect();
+        let records = next_records(&mut self.generator, n);
         send_all(&self.producer, &self.topic, records).await;
     }
+}
+
+/// The next `n` transactions of `g` as Kafka records: (dealer as key, JSON).
+pub fn next_records(g: &mut Generator, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|_| {
+            let t = g.next_transaction();
+            (t.dealer_id.clone(), t.to_json().into_bytes())
+        })
+        .collect()
 }
 
 /// Produce `n` generated transactions at about `per_second`, in steps of 100 ms.

@@ -268,6 +268,24 @@ async fn ahead_then_collect<S: Source>(
     (held, batch, ahead)
 }
 
+/// Read ahead from `source` while a "commit" of `secs` seconds goes on.
+async fn read_ahead_for<S: Source>(
+    source: &mut S,
+    limits: &BatchLimits,
+    rules: &DecodeRules,
+    ahead: &mut ReadAhead,
+    secs: u64,
+) {
+    read_ahead_while(
+        source,
+        limits,
+        rules,
+        ahead,
+        tokio::time::sleep(Duration::from_secs(secs)),
+    )
+    .await;
+}
+
 fn offsets_of(c: &Collected) -> Vec<i64> {
     c.messages.iter().map(|m| m.offset).collect()
 }
@@ -312,14 +330,7 @@ async fn reading_ahead_hands_out_every_message_once_in_order_with_its_decoding()
             break;
         }
         // The batch "commits" for 5 s; the next one is read meanwhile (one batch at most).
-        read_ahead_while(
-            &mut source,
-            &limits,
-            &rules,
-            &mut ahead,
-            tokio::time::sleep(Duration::from_secs(5)),
-        )
-        .await;
+        read_ahead_for(&mut source, &limits, &rules, &mut ahead, 5).await;
         assert!(ahead.held() <= 10, "at most one batch is read ahead");
     }
     seen.sort();
@@ -521,14 +532,7 @@ async fn nothing_is_read_ahead_while_an_ownership_change_waits() {
     let carried = ahead.carry.as_ref().map(|m| m.offset);
     assert!(carried.is_some());
     // A commit in flight lands before the change is applied.
-    read_ahead_while(
-        &mut source,
-        &limits,
-        &rules,
-        &mut ahead,
-        tokio::time::sleep(Duration::from_secs(5)),
-    )
-    .await;
+    read_ahead_for(&mut source, &limits, &rules, &mut ahead, 5).await;
     assert_eq!(
         ahead.carry.as_ref().map(|m| m.offset),
         carried,
