@@ -67,19 +67,22 @@ impl<S: Source> Pipeline<S> {
                 batch = Arc::new(all);
                 *decoded = None;
             }
-            let kept = self.owned_in_order(&batch, &revoked_now);
+            let mut kept = self.owned_in_order(&batch, &revoked_now);
             if kept.is_empty() {
                 return Ok(());
             }
-            let tps: Vec<TopicPartition> = offset_ranges(&kept).into_keys().collect();
-            for tp in &tps {
+            let mut ranges = offset_ranges(&kept);
+            for tp in ranges.keys() {
                 self.ensure_loaded(tp, shutdown).await?;
             }
             self.refresh_view().await;
-            for tp in &tps {
+            for tp in ranges.keys() {
                 self.check_topic_id(tp)?;
             }
-            let kept = self.mind_the_holes(kept).await;
+            if let Some(fewer) = self.mind_the_holes(&kept).await {
+                kept = Cow::Owned(fewer);
+                ranges = offset_ranges(&kept);
+            }
             if kept.is_empty() {
                 return Ok(());
             }
@@ -99,7 +102,6 @@ impl<S: Source> Pipeline<S> {
                     offset = first.offset, reason = %first.reason, "dead letters in batch (first shown)");
             }
             self.metrics.step("decode", &mut at);
-            let ranges = offset_ranges(&kept);
             let mut parts = self.part_batches(&ranges, &decoded.rows, decoded.dead_letters)?;
             let mut index = MessageIndex::new(&kept);
             self.metrics.step("prepare", &mut at);

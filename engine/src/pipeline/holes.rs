@@ -12,7 +12,6 @@
 //! that ownership are passed over without asking (a source with transaction markers has one
 //! after every transaction).
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use super::Pipeline;
@@ -39,35 +38,22 @@ struct Ask {
 
 impl<S: Source> Pipeline<S> {
     /// Check that each owned partition's messages in `kept` (in processing order) go on from its
-    /// ledger's position without a hole; see the module docs. Returns the messages to process:
-    /// `kept` itself, or without the messages after a hole the source was asked for again.
-    pub(super) async fn mind_the_holes<'m>(
-        &mut self,
-        kept: Cow<'m, [Message]>,
-    ) -> Cow<'m, [Message]> {
-        self.ask_starts(&kept).await;
+    /// ledger's position without a hole; see the module docs. Returns the messages to process
+    /// instead of `kept` when messages after a hole were left out (the source reads them again).
+    pub(super) async fn mind_the_holes(&mut self, kept: &[Message]) -> Option<Vec<Message>> {
+        self.ask_starts(kept).await;
         let mut asks = Vec::new();
-        let mut start = 0;
-        while start < kept.len() {
-            let first = &kept[start];
-            let end = start
-                + kept[start..]
-                    .iter()
-                    .position(|m| m.partition != first.partition || m.topic != first.topic)
-                    .unwrap_or(kept.len() - start);
-            let group = &kept[start..end];
-            start = end;
-            let tp = first.topic_partition();
+        for group in kept.chunk_by(|a, b| a.same_partition(b)) {
+            let tp = group[0].topic_partition();
             let Some(owned) = self.book.owned.get_mut(&tp) else {
                 continue;
             };
-            let ledger = &owned.ledger;
             // Nothing committed and nothing processed yet: the partition goes on from where the
             // source started it (when the source knows), else from its first message.
-            let mut next = if ledger.seq > 0 || ledger.next_offset > 0 {
-                Some(ledger.next_offset)
-            } else {
+            let mut next = if holds_nothing(&owned.ledger) {
                 owned.holes.start.flatten()
+            } else {
+                Some(owned.ledger.next_offset)
             };
             let holes = &mut owned.holes;
             for m in group {
@@ -106,7 +92,7 @@ impl<S: Source> Pipeline<S> {
             }
         }
         if asks.is_empty() {
-            return kept;
+            return None;
         }
         let mut cut: HashMap<TopicPartition, i64> = HashMap::new();
         let mut dropped_ahead = HashSet::new();
@@ -147,9 +133,9 @@ impl<S: Source> Pipeline<S> {
             self.ahead.forget_all(&dropped_ahead);
         }
         if cut.is_empty() {
-            return kept;
+            return None;
         }
-        Cow::Owned(
+        Some(
             kept.iter()
                 .filter(|m| {
                     cut.get(&m.topic_partition())
@@ -164,16 +150,10 @@ impl<S: Source> Pipeline<S> {
     /// (once per ownership).
     async fn ask_starts(&mut self, kept: &[Message]) {
         let mut wanted: Vec<TopicPartition> = Vec::new();
-        let mut last: Option<&Message> = None;
-        for m in kept {
-            if last.is_some_and(|l| l.partition == m.partition && l.topic == m.topic) {
-                continue;
-            }
-            last = Some(m);
-            let tp = m.topic_partition();
+        for group in kept.chunk_by(|a, b| a.same_partition(b)) {
+            let tp = group[0].topic_partition();
             if let Some(o) = self.book.owned.get(&tp)
-                && o.ledger.seq == 0
-                && o.ledger.next_offset == 0
+                && holds_nothing(&o.ledger)
                 && o.holes.start.is_none()
             {
                 wanted.push(tp);
@@ -192,4 +172,9 @@ impl<S: Source> Pipeline<S> {
             }
         }
     }
+}
+
+/// The lake holds nothing of the partition yet: nothing committed, nothing processed.
+fn holds_nothing(ledger: &crate::ledger::PartitionLedger) -> bool {
+    ledger.seq == 0 && ledger.next_offset == 0
 }

@@ -79,6 +79,13 @@ impl Message {
     pub fn position(&self) -> (&str, i32, i64) {
         (&self.topic, self.partition, self.offset)
     }
+
+    /// Is it of the same topic and partition as `other`? (Messages of a topic share its name,
+    /// so the names are compared only when they are not the same allocation.)
+    pub fn same_partition(&self, other: &Message) -> bool {
+        self.partition == other.partition
+            && (Arc::ptr_eq(&self.topic, &other.topic) || self.topic == other.topic)
+    }
 }
 
 /// Put `messages` in processing order (by topic, partition and offset), each offset once.
