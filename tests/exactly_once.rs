@@ -438,20 +438,9 @@ async fn readers_see_a_commit_whose_writer_died_before_moving_its_files() {
     assert_lake_exact(&ctx, 2_000).await;
 }
 
-/// Offsets without a message on the real Kafka — the messages of an aborted transaction (left out
-/// under read_committed) and the transactions' markers — make the engine seek the partition back
-/// to its ledger's position once (`Source::rewind` on the real consumer), then pass over what is
-/// not there, counted in `carflow_source_offsets_missing_total`: every committed message is in the
-/// lake once, no aborted one is, and the points equal the lake.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offsets_without_a_message_are_asked_for_again_then_passed_over() {
+/// A producer of transactions on `topic` (its transactional id named after the topic).
+fn transactional(s: &Setup) -> rdkafka::producer::FutureProducer {
     use rdkafka::producer::Producer;
-    let s = setup_with("holes", 2).await;
-    let mut g = generator(52);
-    let mut next = |n: usize| next_records(&mut g, n);
-    let (before, aborted, committed, after) = (next(1_500), next(400), next(800), next(1_500));
-    let plain = producer(&s.kafka.brokers, &Default::default()).unwrap();
-    send_all(&plain, &s.topic.name, before.clone()).await;
     let extra = [(
         "transactional.id".to_string(),
         format!("carflow-test-{}", s.topic.name),
@@ -459,14 +448,44 @@ async fn offsets_without_a_message_are_asked_for_again_then_passed_over() {
     .into_iter()
     .collect();
     let tx = producer(&s.kafka.brokers, &extra).unwrap();
+    tx.init_transactions(Duration::from_secs(30)).unwrap();
+    tx
+}
+
+/// Send `records` to the setup's topic in one transaction, committed or aborted.
+async fn in_transaction(
+    s: &Setup,
+    tx: &rdkafka::producer::FutureProducer,
+    records: Vec<(String, Vec<u8>)>,
+    commit: bool,
+) {
+    use rdkafka::producer::Producer;
     let t = Duration::from_secs(30);
-    tx.init_transactions(t).unwrap();
     tx.begin_transaction().unwrap();
-    send_all(&tx, &s.topic.name, aborted).await;
-    tx.abort_transaction(t).unwrap();
-    tx.begin_transaction().unwrap();
-    send_all(&tx, &s.topic.name, committed.clone()).await;
-    tx.commit_transaction(t).unwrap();
+    send_all(tx, &s.topic.name, records).await;
+    if commit {
+        tx.commit_transaction(t).unwrap();
+    } else {
+        tx.abort_transaction(t).unwrap();
+    }
+}
+
+/// Offsets without a message on the real Kafka — the messages of an aborted transaction (left out
+/// under read_committed) and the transactions' markers — make the engine seek the partition back
+/// to its ledger's position once (`Source::rewind` on the real consumer), then pass over what is
+/// not there, counted in `carflow_source_offsets_missing_total`: every committed message is in the
+/// lake once, no aborted one is, and the points equal the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_without_a_message_are_asked_for_again_then_passed_over() {
+    let s = setup_with("holes", 2).await;
+    let mut g = generator(52);
+    let mut next = |n: usize| next_records(&mut g, n);
+    let (before, aborted, committed, after) = (next(1_500), next(400), next(800), next(1_500));
+    let plain = producer(&s.kafka.brokers, &Default::default()).unwrap();
+    send_all(&plain, &s.topic.name, before.clone()).await;
+    let tx = transactional(&s);
+    in_transaction(&s, &tx, aborted, false).await;
+    in_transaction(&s, &tx, committed.clone(), true).await;
     // Plain messages last: the topic ends with a message, not a marker.
     send_all(&plain, &s.topic.name, after.clone()).await;
     let good = (before.len() + committed.len() + after.len()) as i64;
@@ -490,5 +509,54 @@ async fn offsets_without_a_message_are_asked_for_again_then_passed_over() {
     assert!(
         rereads >= 1.0,
         "a hole is asked for before it is passed over"
+    );
+}
+
+/// A topic whose last offset holds no message — it ends with a committed transaction, so every
+/// partition's last offset is the transaction's marker, which a consumer never receives — is
+/// still processed to its end: the engine asks for the partition's end again once (there was no
+/// hole before it), then reports each partition processed up to the end offset (what makes a
+/// quiet partition idle, so its windows close), commits the group's position there (no lag of
+/// one left for good), and counts the markers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_ends_in_a_transaction_marker_is_processed_to_its_end() {
+    let s = setup_with("marker-end", 2).await;
+    let mut g = generator(53);
+    let mut next = |n: usize| next_records(&mut g, n);
+    let (plain_records, committed) = (next(1_000), next(700));
+    let plain = producer(&s.kafka.brokers, &Default::default()).unwrap();
+    send_all(&plain, &s.topic.name, plain_records.clone()).await;
+    let tx = transactional(&s);
+    in_transaction(&s, &tx, committed.clone(), true).await;
+    let good = (plain_records.len() + committed.len()) as i64;
+    let ends = s.kafka.end_offsets(&s.topic.name);
+    let total: i64 = ends.iter().sum();
+    assert_eq!(total, good + 2, "one marker at the end of each partition");
+
+    let group = "carflow-marker-end";
+    let mut e = EngineProcess::start(&s.env(group), s.logs.path(), "marker-end");
+    s.wait_done(&mut [&mut e], Duration::from_secs(120)).await;
+    let missing = e.metric("carflow_source_offsets_missing_total").await as i64;
+    let rereads = e.metric("carflow_source_rereads_total").await;
+    // The group's positions are committed after the lake's commit: wait for them.
+    let kafka = s.kafka.clone();
+    let topic = s.topic.name.clone();
+    let want: Vec<Option<i64>> = ends.iter().map(|e| Some(*e)).collect();
+    wait_for(
+        "the group's positions at the ends",
+        Duration::from_secs(30),
+        || {
+            let committed = kafka.committed_offsets(group, &topic);
+            let want = want.clone();
+            async move { committed == want }
+        },
+    )
+    .await;
+    assert!(e.stop(), "{}", e.log_tail());
+    s.check(good, 0).await;
+    assert_eq!(missing, 2, "each marker counted once");
+    assert!(
+        rereads >= 2.0,
+        "each partition's end is asked for before it is passed over"
     );
 }

@@ -297,7 +297,7 @@ impl<S: Source> Pipeline<S> {
     /// Metrics, summary, health and source positions of a committed batch: at once, or, while
     /// its window points are still being written, once they land (so a batch counts as done only
     /// when every sink has it, as before writes went on in the background).
-    async fn finish_batch(
+    pub(super) async fn finish_batch(
         &mut self,
         parts: &[PartBatch],
         bytes: usize,

@@ -11,10 +11,23 @@
 //! counted (`carflow_source_offsets_missing_total`), logged, and passed over, and later holes of
 //! that ownership are passed over without asking (a source with transaction markers has one
 //! after every transaction).
+//!
+//! Offsets without a message at the *end* of a partition (a topic whose last transaction's
+//! marker is its last offset) have no next message to show them. When the topic is quiet, the
+//! source's position ([`crate::source::Source::positions`]: past the markers it served) beyond the
+//! ledger's shows them: asked for the same way, then passed over in a commit of no message that
+//! moves the ledger (and the group's position) to the end ([`Pipeline::mind_the_end`]). Without
+//! it such a partition never looks processed to its end: never idle, so the windows of a quiet
+//! transactional topic would not close, and its group lag stays one for good.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::Pipeline;
+use tokio_util::sync::CancellationToken;
+
+use super::lake_step::Committed;
+use super::overlap::InFlight;
+use super::part::PartBatch;
+use super::{Pipeline, Stop};
 use crate::source::{Message, Source, TopicPartition};
 
 /// What an ownership of a partition knows of holes in its offsets.
@@ -144,6 +157,164 @@ impl<S: Source> Pipeline<S> {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// On a quiet topic, pass over offsets without a message at the end of owned partitions:
+    /// where the source's position is beyond the ledger's with nothing of the partition held,
+    /// the partition is read again from the ledger's position once (as for any hole); when the
+    /// position is beyond it again, or a hole of this ownership was confirmed before, the
+    /// offsets are counted and passed over by a commit that moves the ledger to the position.
+    pub(super) async fn mind_the_end(&mut self, shutdown: &CancellationToken) -> Result<(), Stop> {
+        if self.in_flight.is_some()
+            || !self.redo.is_empty()
+            || self.ahead.held() > 0
+            || self.source.has_events()
+        {
+            return Ok(());
+        }
+        let positions = self.source.positions();
+        let beyond: Vec<(TopicPartition, i64)> = positions
+            .into_iter()
+            .filter(|(tp, pos)| {
+                self.book
+                    .owned
+                    .get(tp)
+                    .is_some_and(|o| *pos > o.ledger.next_offset)
+            })
+            .collect();
+        if beyond.is_empty() {
+            return Ok(());
+        }
+        let mut passes = Vec::new();
+        for (tp, pos) in beyond {
+            if self
+                .book
+                .owned
+                .get(&tp)
+                .is_some_and(|o| holds_nothing(&o.ledger) && o.holes.start.is_none())
+            {
+                let start = self.source.start_of(&tp).await.unwrap_or_else(|e| {
+                    tracing::debug!(partition = %tp, error = %e, "cannot tell where the source started the partition");
+                    None
+                });
+                if let Some(o) = self.book.owned.get_mut(&tp) {
+                    o.holes.start = Some(start);
+                }
+            }
+            let Some(o) = self.book.owned.get(&tp) else {
+                continue;
+            };
+            let expected = if holds_nothing(&o.ledger) {
+                // Unknown start: nothing to check the position against.
+                let Some(start) = o.holes.start.flatten() else {
+                    continue;
+                };
+                start
+            } else {
+                o.ledger.next_offset
+            };
+            if pos <= expected {
+                continue;
+            }
+            if o.holes.confirmed || o.holes.asked_from == Some(expected) {
+                passes.push((tp, expected, pos));
+                continue;
+            }
+            match self.source.rewind(&tp, expected).await {
+                Ok(true) => {
+                    self.metrics.source_rereads.inc();
+                    tracing::info!(partition = %tp, ledger_next_offset = expected, position = pos,
+                        "the source's position is beyond the partition's last message processed (offsets without a message at its end?); reading the partition again from there");
+                    if let Some(o) = self.book.owned.get_mut(&tp) {
+                        o.holes.asked_from = Some(expected);
+                    }
+                }
+                Ok(false) => passes.push((tp, expected, pos)),
+                Err(e) => {
+                    self.metrics.error("source");
+                    tracing::warn!(partition = %tp, error = %e,
+                        "cannot ask the source to read the partition's end again now; asking again later");
+                }
+            }
+        }
+        if passes.is_empty() {
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(passes.len());
+        for (tp, from, to) in passes {
+            let missing = (to - from) as u64;
+            self.metrics.source_offsets_missing.inc_by(missing);
+            if let Some(o) = self.book.owned.get_mut(&tp) {
+                if o.holes.confirmed {
+                    tracing::debug!(partition = %tp, from, to = to - 1, missing,
+                        "offsets without a message at the partition's end passed over");
+                } else {
+                    tracing::warn!(partition = %tp, from, to = to - 1, missing,
+                        "the partition does not have these offsets at its end, even read again (transaction markers, an aborted transaction): passed over; counted in carflow_source_offsets_missing_total");
+                }
+                o.holes.confirmed = true;
+                o.holes.asked_from = None;
+            }
+            parts.push(PartBatch {
+                tp,
+                range: (from, to - 1, 0),
+                fresh: None,
+                dead: Vec::new(),
+                outputs: Vec::new(),
+                lake_inputs: BTreeMap::new(),
+                max_event: BTreeMap::new(),
+                windows: None,
+                late: 0,
+                replayed: 0,
+            });
+        }
+        self.commit_passes(parts, shutdown).await
+    }
+
+    /// Commit partitions' passes over offsets without a message (no rows, no files): their
+    /// ledgers, counts and source positions move to the end of what was passed over.
+    async fn commit_passes(
+        &mut self,
+        mut parts: Vec<PartBatch>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let started = tokio::time::Instant::now();
+        let mut at = std::time::Instant::now();
+        let early = self.encode_early(&parts);
+        match self
+            .commit_parts(&mut parts, early, shutdown, &mut at)
+            .await?
+        {
+            Committed::Landed { fenced } => {
+                for tp in &fenced {
+                    // Another writer moved the ledger on: its position decides again later.
+                    self.book.owned.remove(tp);
+                    self.ensure_loaded(tp, shutdown).await?;
+                    self.heal(std::slice::from_ref(tp), shutdown).await?;
+                }
+                parts.retain(|p| !fenced.contains(&p.tp));
+                self.finish_batch(&parts, 0, 0, started).await;
+            }
+            // Nothing was in flight, so nothing asks for a redo.
+            Committed::Redo => {}
+            Committed::InFlight(task) => {
+                let tallies = parts
+                    .iter()
+                    .map(|p| (p.tp.clone(), self.part_tally(p)))
+                    .collect();
+                self.in_flight = Some(InFlight {
+                    task,
+                    messages: std::sync::Arc::new(Vec::new()),
+                    body: String::new(),
+                    points: 0,
+                    touched: Default::default(),
+                    tallies,
+                    bytes: 0,
+                    started,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Ask the source where it started each partition of `kept` the lake holds nothing of yet

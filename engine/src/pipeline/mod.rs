@@ -514,6 +514,14 @@ impl<S: Source> Pipeline<S> {
                     Err(Stop::Failed(e)) => return Err(e),
                 }
             }
+            if end == BatchEnd::Idle {
+                // Offsets without a message at a partition's end (a transaction's marker).
+                match self.mind_the_end(shutdown).await {
+                    Ok(()) | Err(Stop::Stalled(_)) => {}
+                    Err(Stop::Shutdown) => return Ok(self.summary.clone()),
+                    Err(Stop::Failed(e)) => return Err(e),
+                }
+            }
             if !self.ahead.has_batch() {
                 // No batch waiting to overlap with: points still being written land now, and
                 // their batches count as done (a batch that kept no message, or a topic going

@@ -385,6 +385,28 @@ impl Source for KafkaSource {
         }
     }
 
+    fn positions(&self) -> BTreeMap<TopicPartition, i64> {
+        // librdkafka's application position: moved past control records (transaction markers)
+        // as the consumer serves them, reset by a seek until the partition is fetched again.
+        let Ok(tpl) = self.consumer.position() else {
+            return BTreeMap::new();
+        };
+        tpl.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => {
+                    let topic = self
+                        .topics
+                        .get(e.topic())
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from(e.topic()));
+                    Some((TopicPartition::new(topic, e.partition()), o))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn lag(&self) -> Option<i64> {
         Some(self.consumer.context().lag.load(Ordering::Relaxed))
     }

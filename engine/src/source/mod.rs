@@ -213,6 +213,14 @@ pub trait Source: Send {
         max_age: std::time::Duration,
     ) -> impl Future<Output = Result<TopicView, SourceError>> + Send;
 
+    /// Where the source goes on in each owned partition it knows that of: the offset after the
+    /// last message delivered, or after offsets without a message it passed over since (a
+    /// transaction's marker, an aborted transaction's messages), which a consumer never
+    /// receives. Unknown (left out) right after a [`Source::rewind`] until delivery resumes.
+    fn positions(&self) -> BTreeMap<TopicPartition, i64> {
+        BTreeMap::new()
+    }
+
     /// Messages between the current position and the end of the owned partitions, if known.
     fn lag(&self) -> Option<i64> {
         None

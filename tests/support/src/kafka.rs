@@ -145,6 +145,32 @@ impl Kafka {
             })
             .collect()
     }
+
+    /// The positions consumer group `group` committed for every partition of `topic` (`None`
+    /// where it committed none).
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> Vec<Option<i64>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .create()
+            .expect("kafka client");
+        let n = self.end_offsets(topic).len() as i32;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..n {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..n)
+            .map(
+                |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => Some(o),
+                    _ => None,
+                },
+            )
+            .collect()
+    }
 }
 
 /// A test topic, deleted when dropped.
