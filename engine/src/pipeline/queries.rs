@@ -237,7 +237,7 @@ impl Queries {
                 continue;
             };
             let key = t.target_name();
-            let fingerprint = t.fingerprint();
+            let fingerprint = crate::windows::digests::fingerprint(&t.plan, t.fingerprint());
             if let Some(existing) = self.windows.get(&key)
                 && existing.fingerprint == fingerprint
             {

@@ -7,7 +7,8 @@
 //! aggregation over a whole micro-batch yields states that can be split per Kafka partition:
 //! the state of each partition is committed with that partition's ledger entry.
 //!
-//! Three operations, all run by DataFusion's own `AggregateExec` (no hand-written accumulators):
+//! Three operations, all run by DataFusion's own `AggregateExec` and accumulators (percentiles of
+//! one value share one of `approx_percentile_cont`'s digests: [`super::digests`]):
 //! - [`WindowQuery::partial`]: rows of a batch → partial state rows `[group…, _partition, state…]`;
 //! - [`WindowQuery::reduce`]: several state rows of the same group → one (merged);
 //! - [`WindowQuery::finish`]: the state rows of some windows, from every partition → the query's
@@ -174,6 +175,10 @@ impl WindowQuery {
     /// Prepare `plan` (a windowed query planned against `ctx`'s `transactions`, which should be
     /// empty now) whose window is `spec`.
     pub async fn new(plan: &LogicalPlan, spec: WindowSpec, ctx: &SessionContext) -> Result<Self> {
+        // Percentiles of one value share one digest (the state layout
+        // `super::digests::fingerprint` names).
+        let shared = super::digests::share(plan)?;
+        let plan = shared.as_ref().unwrap_or(plan);
         let aggregate = find_logical_aggregate(plan)
             .ok_or_else(|| internal("a windowed query without an aggregate"))?;
         let window_name = aggregate

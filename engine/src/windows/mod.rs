@@ -22,6 +22,7 @@
 //! unread. Event times are bounded at decode by the wall clock plus `events.max_future`.
 
 pub mod aggregate;
+pub mod digests;
 pub mod state;
 pub mod watermark;
 
