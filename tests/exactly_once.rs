@@ -538,6 +538,8 @@ async fn a_topic_that_ends_in_a_transaction_marker_is_processed_to_its_end() {
     s.wait_done(&mut [&mut e], Duration::from_secs(120)).await;
     let missing = e.metric("carflow_source_offsets_missing_total").await as i64;
     let rereads = e.metric("carflow_source_rereads_total").await;
+    let staged = e.metric("carflow_lake_stage_seconds_count").await;
+    let published = e.metric("carflow_lake_publish_seconds_count").await;
     // The group's positions are committed after the lake's commit: wait for them.
     let kafka = s.kafka.clone();
     let topic = s.topic.name.clone();
@@ -558,5 +560,10 @@ async fn a_topic_that_ends_in_a_transaction_marker_is_processed_to_its_end() {
     assert!(
         rereads >= 2.0,
         "each partition's end is asked for before it is passed over"
+    );
+    // Every partition commit's phases are timed (the passes over the markers are commits too).
+    assert!(
+        staged >= 4.0 && staged == published,
+        "{staged} / {published}"
     );
 }

@@ -106,6 +106,10 @@ pub struct Metrics {
     pub source_rereads: Counter,
     /// Offsets a partition did not have even when read again (passed over).
     pub source_offsets_missing: Counter,
+    /// Seconds a partition's lake commit spent staging its files and ledger entry.
+    pub lake_stage_seconds: Histogram,
+    /// Seconds a partition's lake commit spent publishing (entry into place, file renames).
+    pub lake_publish_seconds: Histogram,
     /// Seconds spent in each step of the batch loop (where the time goes).
     pub step_seconds: Family<StepLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Seconds each windowed query spent folding batches and merging windows.
@@ -131,6 +135,8 @@ impl Metrics {
             replayed: Counter::default(),
             batches: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            lake_stage_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            lake_publish_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             consumer_lag: Gauge::default(),
             window_rows: Gauge::default(),
             windows_closed_early: Counter::default(),
@@ -273,6 +279,16 @@ impl Metrics {
             "batch_step_seconds",
             "Seconds spent in each step of the batch loop: collect (waiting for messages), decode, prepare (ledgers, split), lake_transform, points (per-row influx), windows (fold), influx_write, lake_encode (Parquet), lake_commit (storage I/O), window_merge (final aggregates and line protocol of the touched windows), window_write (their InfluxDB write), offsets, close",
             m.step_seconds.clone(),
+        );
+        registry.register(
+            "lake_stage_seconds",
+            "Seconds each partition's lake commit spent writing its files and ledger entry to the staging area (on HDFS mostly the wait for the namenode to confirm each file complete)",
+            m.lake_stage_seconds.clone(),
+        );
+        registry.register(
+            "lake_publish_seconds",
+            "Seconds each partition's lake commit spent publishing: its ledger entry moved into place (the commit point), its files renamed into the lake, cleanup",
+            m.lake_publish_seconds.clone(),
         );
         registry.register(
             "window_query_seconds",

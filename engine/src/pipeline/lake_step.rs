@@ -456,7 +456,15 @@ async fn commit_all(
                     )
                     .await
                     {
-                        Ok(r) => r.map(|()| ledger),
+                        Ok(r) => r.map(|times| {
+                            metrics
+                                .lake_stage_seconds
+                                .observe(times.staged.as_secs_f64());
+                            metrics
+                                .lake_publish_seconds
+                                .observe(times.published.as_secs_f64());
+                            ledger
+                        }),
                         Err(_) => Err(LakeError::Ledger(LedgerError::Store {
                             path: tp.to_string(),
                             source: object_store::Error::Generic {

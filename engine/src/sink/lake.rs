@@ -99,6 +99,16 @@ pub struct MergedFile {
     pub bytes: Bytes,
 }
 
+/// How long a partition's commit took, by phase.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitTimes {
+    /// Writing its files and ledger entry to the staging area (on HDFS mostly the wait for the
+    /// namenode to confirm each file complete).
+    pub staged: std::time::Duration,
+    /// Publishing: the entry moved into place (the commit point), the files renamed, cleanup.
+    pub published: std::time::Duration,
+}
+
 /// Writes datasets under one lake root.
 #[derive(Debug, Clone)]
 pub struct LakeSink {
@@ -187,7 +197,8 @@ impl LakeSink {
         files: Vec<EncodedFile>,
         merges: Vec<MergedFile>,
         state: CommitState,
-    ) -> Result<(), LakeError> {
+    ) -> Result<CommitTimes, LakeError> {
+        let started = std::time::Instant::now();
         let staging = self.ledger.staging_dir(&ledger.tp, ledger.seq + 1);
         let moves = files
             .iter()
@@ -236,8 +247,12 @@ impl LakeSink {
                 .map_err(LakeError::from)
         };
         futures::future::try_join(futures::future::try_join_all(puts), stage_entry).await?;
+        let staged = started.elapsed();
         self.ledger.publish(ledger, entry).await?;
-        Ok(())
+        Ok(CommitTimes {
+            staged,
+            published: started.elapsed() - staged,
+        })
     }
 }
 
