@@ -1413,6 +1413,16 @@ def report(b: Bench, started: float) -> str:
                       + (f" (anonymous memory {anon:,.0f} MB; the rest is file-backed, mostly the binary's code)"
                          if anon else "")
                       + f"; CPU {cf['cpu_s']:.1f}s for {cf['records']:,} records")
+        m = cf.get("metrics_at_done") or {}
+        n = m.get("carflow_lake_stage_seconds_count") or 0
+        if n:
+            slow = n - (m.get('carflow_lake_stage_seconds_bucket{le="0.32"}') or 0)
+            waited = m.get('carflow_batch_step_seconds_total{step="lake_commit"}', 0)
+            ratios.append(f"carflow lake commits: {n:,.0f} partition commits, staging mean "
+                          f"{m.get('carflow_lake_stage_seconds_sum', 0) / n:.3f} s ({slow:,.0f} over 0.32 s: "
+                          f"the namenode's complete() retried after 500 ms), publishing mean "
+                          f"{m.get('carflow_lake_publish_seconds_sum', 0) / n:.3f} s; batch wait for the commit "
+                          f"in flight {waited:.1f} s")
     lat, fl = res.get("latency"), res.get("files")
     extra: list[str] = []
     if lat:
