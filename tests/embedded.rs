@@ -697,10 +697,13 @@ async fn two_writers_racing_with_commits_in_flight_write_each_row_once() {
     );
     assert!(overlapped > 0, "commits went on in the background");
     assert!(fenced > 0, "the writers raced for the same ledger steps");
-    assert_eq!(
-        a.lake_rows.values().sum::<u64>() + b.lake_rows.values().sum::<u64>(),
-        n as u64,
-        "between them the writers wrote each row once (the shipped queries' one lake dataset)"
+    // Each row once is the lake's check below. The writers' own counts can fall short of it: a
+    // writer that finds a later entry after publishing withdraws its commit and counts it as
+    // fenced, while the other writer, which loaded that entry, already moved its files into
+    // place (a loader finishes a published commit) and counts only its own commits.
+    assert!(
+        a.lake_rows.values().sum::<u64>() + b.lake_rows.values().sum::<u64>() <= n as u64,
+        "no row counted twice by the writers (the shipped queries' one lake dataset)"
     );
     let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
     assert_lake_exact(&ctx, n as i64).await;
