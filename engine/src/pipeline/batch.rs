@@ -151,9 +151,7 @@ impl<S: Source> Pipeline<S> {
             if !fenced.is_empty() {
                 for tp in fenced {
                     tracing::warn!(partition = %tp, "the partition's ledger moved on under this engine (another writer); reloading it and processing the batch again");
-                    self.book.owned.remove(&tp);
-                    self.ensure_loaded(&tp, shutdown).await?;
-                    self.heal(std::slice::from_ref(&tp), shutdown).await?;
+                    self.reload_fenced(&tp, shutdown).await?;
                 }
                 continue;
             }

@@ -28,6 +28,7 @@ use super::lake_step::Committed;
 use super::overlap::InFlight;
 use super::part::PartBatch;
 use super::{Pipeline, Stop};
+use crate::metrics::Metrics;
 use crate::source::{Message, Source, TopicPartition};
 
 /// What an ownership of a partition knows of holes in its offsets.
@@ -61,13 +62,8 @@ impl<S: Source> Pipeline<S> {
             let Some(owned) = self.book.owned.get_mut(&tp) else {
                 continue;
             };
-            // Nothing committed and nothing processed yet: the partition goes on from where the
-            // source started it (when the source knows), else from its first message.
-            let mut next = if holds_nothing(&owned.ledger) {
-                owned.holes.start.flatten()
-            } else {
-                Some(owned.ledger.next_offset)
-            };
+            // Unknown (no commit, no known start): the first message sets it.
+            let mut next = resume_point(owned);
             let holes = &mut owned.holes;
             for m in group {
                 let Some(expected) = next else {
@@ -81,18 +77,8 @@ impl<S: Source> Pipeline<S> {
                     }
                     continue;
                 }
-                if holes.asked_from == Some(expected) || holes.confirmed {
-                    let missing = (m.offset - expected) as u64;
-                    self.metrics.source_offsets_missing.inc_by(missing);
-                    if holes.confirmed {
-                        tracing::debug!(partition = %tp, from = expected, to = m.offset - 1, missing,
-                            "offsets the partition does not have passed over");
-                    } else {
-                        tracing::warn!(partition = %tp, from = expected, to = m.offset - 1, missing,
-                            "the partition does not have these offsets, even read again (deleted by retention before they were read, compacted away, or transaction markers): passed over; counted in carflow_source_offsets_missing_total");
-                    }
-                    holes.confirmed = true;
-                    holes.asked_from = None;
+                if holes.answered(expected) {
+                    holes.pass_over(&self.metrics, &tp, expected, m.offset);
                     next = Some(m.offset + 1);
                     continue;
                 }
@@ -172,51 +158,25 @@ impl<S: Source> Pipeline<S> {
         {
             return Ok(());
         }
-        let positions = self.source.positions();
-        let beyond: Vec<(TopicPartition, i64)> = positions
-            .into_iter()
-            .filter(|(tp, pos)| {
-                self.book
-                    .owned
-                    .get(tp)
-                    .is_some_and(|o| *pos > o.ledger.next_offset)
-            })
-            .collect();
-        if beyond.is_empty() {
-            return Ok(());
-        }
         let mut passes = Vec::new();
-        for (tp, pos) in beyond {
-            if self
-                .book
-                .owned
-                .get(&tp)
-                .is_some_and(|o| holds_nothing(&o.ledger) && o.holes.start.is_none())
-            {
-                let start = self.source.start_of(&tp).await.unwrap_or_else(|e| {
-                    tracing::debug!(partition = %tp, error = %e, "cannot tell where the source started the partition");
-                    None
-                });
-                if let Some(o) = self.book.owned.get_mut(&tp) {
-                    o.holes.start = Some(start);
-                }
-            }
+        for (tp, pos) in self.source.positions() {
             let Some(o) = self.book.owned.get(&tp) else {
                 continue;
             };
-            let expected = if holds_nothing(&o.ledger) {
-                // Unknown start: nothing to check the position against.
-                let Some(start) = o.holes.start.flatten() else {
-                    continue;
-                };
-                start
-            } else {
-                o.ledger.next_offset
+            if pos <= o.ledger.next_offset {
+                continue;
+            }
+            if holds_nothing(&o.ledger) {
+                self.ask_start(&tp).await;
+            }
+            // Unknown (no commit, no known start): nothing to check the position against.
+            let Some(expected) = self.book.owned.get(&tp).and_then(resume_point) else {
+                continue;
             };
             if pos <= expected {
                 continue;
             }
-            if o.holes.confirmed || o.holes.asked_from == Some(expected) {
+            if self.book.owned[&tp].holes.answered(expected) {
                 passes.push((tp, expected, pos));
                 continue;
             }
@@ -242,18 +202,8 @@ impl<S: Source> Pipeline<S> {
         }
         let mut parts = Vec::with_capacity(passes.len());
         for (tp, from, to) in passes {
-            let missing = (to - from) as u64;
-            self.metrics.source_offsets_missing.inc_by(missing);
             if let Some(o) = self.book.owned.get_mut(&tp) {
-                if o.holes.confirmed {
-                    tracing::debug!(partition = %tp, from, to = to - 1, missing,
-                        "offsets without a message at the partition's end passed over");
-                } else {
-                    tracing::warn!(partition = %tp, from, to = to - 1, missing,
-                        "the partition does not have these offsets at its end, even read again (transaction markers, an aborted transaction): passed over; counted in carflow_source_offsets_missing_total");
-                }
-                o.holes.confirmed = true;
-                o.holes.asked_from = None;
+                o.holes.pass_over(&self.metrics, &tp, from, to);
             }
             parts.push(PartBatch {
                 tp,
@@ -288,9 +238,7 @@ impl<S: Source> Pipeline<S> {
             Committed::Landed { fenced } => {
                 for tp in &fenced {
                     // Another writer moved the ledger on: its position decides again later.
-                    self.book.owned.remove(tp);
-                    self.ensure_loaded(tp, shutdown).await?;
-                    self.heal(std::slice::from_ref(tp), shutdown).await?;
+                    self.reload_fenced(tp, shutdown).await?;
                 }
                 parts.retain(|p| !fenced.contains(&p.tp));
                 self.finish_batch(&parts, 0, 0, started).await;
@@ -317,31 +265,72 @@ impl<S: Source> Pipeline<S> {
         Ok(())
     }
 
-    /// Ask the source where it started each partition of `kept` the lake holds nothing of yet
-    /// (once per ownership).
+    /// Ask the source where it started each partition of `kept` the lake holds nothing of yet.
     async fn ask_starts(&mut self, kept: &[Message]) {
-        let mut wanted: Vec<TopicPartition> = Vec::new();
         for group in kept.chunk_by(|a, b| a.same_partition(b)) {
             let tp = group[0].topic_partition();
-            if let Some(o) = self.book.owned.get(&tp)
-                && holds_nothing(&o.ledger)
-                && o.holes.start.is_none()
+            if self
+                .book
+                .owned
+                .get(&tp)
+                .is_some_and(|o| holds_nothing(&o.ledger))
             {
-                wanted.push(tp);
+                self.ask_start(&tp).await;
             }
         }
-        for tp in wanted {
-            let start = match self.source.start_of(&tp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(partition = %tp, error = %e, "cannot tell where the source started the partition");
-                    None
-                }
-            };
-            if let Some(o) = self.book.owned.get_mut(&tp) {
-                o.holes.start = Some(start);
-            }
+    }
+
+    /// Ask the source where it started the owned partition `tp` (once per ownership).
+    async fn ask_start(&mut self, tp: &TopicPartition) {
+        if self
+            .book
+            .owned
+            .get(tp)
+            .is_none_or(|o| o.holes.start.is_some())
+        {
+            return;
         }
+        let start = self.source.start_of(tp).await.unwrap_or_else(|e| {
+            tracing::debug!(partition = %tp, error = %e, "cannot tell where the source started the partition");
+            None
+        });
+        if let Some(o) = self.book.owned.get_mut(tp) {
+            o.holes.start = Some(start);
+        }
+    }
+}
+
+impl Holes {
+    /// Was a hole at `from` asked for already, or one of this ownership confirmed (so a hole
+    /// there is passed over without asking)?
+    fn answered(&self, from: i64) -> bool {
+        self.confirmed || self.asked_from == Some(from)
+    }
+
+    /// Pass over offsets `from..to` the partition `tp` does not have: counted, logged (a warning
+    /// the first time in this ownership), and later holes pass without asking.
+    fn pass_over(&mut self, metrics: &Metrics, tp: &TopicPartition, from: i64, to: i64) {
+        let missing = (to - from) as u64;
+        metrics.source_offsets_missing.inc_by(missing);
+        if self.confirmed {
+            tracing::debug!(partition = %tp, from, to = to - 1, missing,
+                "offsets the partition does not have passed over");
+        } else {
+            tracing::warn!(partition = %tp, from, to = to - 1, missing,
+                "the partition does not have these offsets, even read again (deleted by retention before they were read, compacted away, transaction markers, an aborted transaction): passed over; counted in carflow_source_offsets_missing_total");
+        }
+        self.confirmed = true;
+        self.asked_from = None;
+    }
+}
+
+/// Where an owned partition's next message must be: its ledger's position, or, while the lake
+/// holds nothing of it, where the source started it (`None` when that is not known).
+fn resume_point(owned: &super::partitions::Owned) -> Option<i64> {
+    if holds_nothing(&owned.ledger) {
+        owned.holes.start.flatten()
+    } else {
+        Some(owned.ledger.next_offset)
     }
 }
 

@@ -747,6 +747,18 @@ impl<S: Source> Pipeline<S> {
         Ok(())
     }
 
+    /// Another writer moved `tp`'s ledger on: load the partition again (its ledger and window
+    /// state as now committed) and rewrite its open windows' points.
+    async fn reload_fenced(
+        &mut self,
+        tp: &TopicPartition,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        self.book.owned.remove(tp);
+        self.ensure_loaded(tp, shutdown).await?;
+        self.heal(std::slice::from_ref(tp), shutdown).await
+    }
+
     /// The topic's id changed under a partition: refuse, or start a new ledger (by policy).
     fn check_topic_id(&mut self, tp: &TopicPartition) -> Result<(), Stop> {
         let Some(now) = self.book.view.ids.get(&tp.topic).cloned() else {

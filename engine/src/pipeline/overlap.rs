@@ -111,9 +111,7 @@ impl<S: Source> Pipeline<S> {
         }
         for tp in &fenced {
             tracing::warn!(partition = %tp, "the partition's ledger moved on under this engine (another writer) while its commit went on; reloading it and processing its messages again");
-            self.book.owned.remove(tp);
-            self.ensure_loaded(tp, shutdown).await?;
-            self.heal(std::slice::from_ref(tp), shutdown).await?;
+            self.reload_fenced(tp, shutdown).await?;
             self.redo.extend(
                 messages
                     .iter()

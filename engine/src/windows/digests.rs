@@ -32,7 +32,7 @@ use datafusion::logical_expr::{
     LogicalPlan, Projection, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     TypeSignature, Volatility, lit,
 };
-use datafusion_functions_aggregate_common::tdigest::{DEFAULT_MAX_SIZE, TDigest};
+use datafusion_functions_aggregate_common::tdigest::{Centroid, DEFAULT_MAX_SIZE, TDigest};
 
 /// What the state layout of a query [`share`] rewrote is called in its fingerprint: window state
 /// committed by a carflow that kept four digests is not read as one.
@@ -371,28 +371,20 @@ impl ScalarUDFImpl for QuantileUdf {
 
 /// The `q` quantile of a flattened digest (`None` when it holds no value).
 fn quantile(flat: &[f64], q: f64) -> Result<Option<f64>> {
-    if flat.len() < 5 || !(flat.len() - 5).is_multiple_of(2) {
+    let [size, sum, count, max, min, centroids @ ..] = flat else {
+        return Err(internal("a t-digest of the wrong length"));
+    };
+    if !centroids.len().is_multiple_of(2) {
         return Err(internal("a t-digest of the wrong length"));
     }
-    let centroids: Vec<ScalarValue> = flat[5..]
-        .iter()
-        .map(|v| ScalarValue::Float64(Some(*v)))
-        .collect();
-    let state = [
-        ScalarValue::UInt64(Some(flat[0] as u64)),
-        ScalarValue::Float64(Some(flat[1])),
-        ScalarValue::Float64(Some(flat[2])),
-        ScalarValue::Float64(Some(flat[3])),
-        ScalarValue::Float64(Some(flat[4])),
-        ScalarValue::List(ScalarValue::new_list_nullable(
-            &centroids,
-            &DataType::Float64,
-        )),
-    ];
-    let digest = TDigest::from_scalar_state(&state);
-    if digest.count() == 0.0 {
+    if *count == 0.0 {
         return Ok(None);
     }
+    let centroids = centroids
+        .chunks(2)
+        .map(|c| Centroid::new(c[0], c[1]))
+        .collect();
+    let digest = TDigest::try_from_parts(*size as usize, *sum, *count, *max, *min, centroids)?;
     Ok(Some(digest.estimate_quantile(q)))
 }
 
