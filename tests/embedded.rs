@@ -690,13 +690,25 @@ async fn two_writers_racing_with_commits_in_flight_write_each_row_once() {
     let (a, b) = (a.unwrap(), b.unwrap());
     let overlapped = ma.lake_commits_overlapped.get() + mb.lake_commits_overlapped.get();
     let fenced = ma.lake_commits_fenced.get() + mb.lake_commits_fenced.get();
+    let prestaged = ma.lake_commits_prestaged.get() + mb.lake_commits_prestaged.get();
+    let discarded = ma.lake_prestages_discarded.get() + mb.lake_prestages_discarded.get();
     eprintln!(
-        "commits overlapped {overlapped}, fenced {fenced}; rows written {} + {}",
+        "commits overlapped {overlapped}, fenced {fenced}, staged early {prestaged} (discarded {discarded}); rows written {} + {}",
         a.lake_rows.values().sum::<u64>(),
         b.lake_rows.values().sum::<u64>()
     );
     assert!(overlapped > 0, "commits went on in the background");
     assert!(fenced > 0, "the writers raced for the same ledger steps");
+    assert!(
+        prestaged > 0,
+        "commits were staged while the previous one went on"
+    );
+    // Whatever was staged and not published (lost races, early stagings discarded) is gone.
+    let staged_left: Vec<_> = walk_files(&dir.path().join("lake/_carflow/staging"));
+    assert!(
+        staged_left.is_empty(),
+        "the staging area is empty after both writers stopped: {staged_left:?}"
+    );
     // Each row once is the lake's check below. The writers' own counts can fall short of it: a
     // writer that finds a later entry after publishing withdraws its commit and counts it as
     // fenced, while the other writer, which loaded that entry, already moved its files into
@@ -795,4 +807,21 @@ async fn a_windowed_query_edited_while_commits_are_in_flight_keeps_running() {
     assert_eq!(summary.records_in, n as u64);
     let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
     assert_lake_exact(&ctx, n as i64).await;
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

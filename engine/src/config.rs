@@ -415,6 +415,11 @@ pub struct LakeConfig {
     /// files it listed fails with "not found" (and is right when run again), so merges are kept
     /// to one short moment a round. Default `60s`.
     pub compact_interval: HumanDuration,
+    /// While a batch's commit goes on in the background, stage the next batch's commit (write
+    /// its files and ledger entry to the staging area) before that commit has landed, and
+    /// publish it once it landed as expected: on HDFS the two commits' waits for the namenode
+    /// overlap. `false` stages each commit only after the previous one landed. Default `true`.
+    pub prestage: bool,
 }
 
 impl Default for LakeConfig {
@@ -427,6 +432,7 @@ impl Default for LakeConfig {
             compact_files: 16,
             compact_bytes: 32 << 20,
             compact_interval: HumanDuration(Duration::from_secs(60)),
+            prestage: true,
         }
     }
 }

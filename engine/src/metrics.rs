@@ -101,6 +101,12 @@ pub struct Metrics {
     pub lake_commits_overlapped: Counter,
     /// Partition commits refused because another writer had moved the partition's ledger on.
     pub lake_commits_fenced: Counter,
+    /// Partition commits staged while the previous batch's commit was still going on, published
+    /// once it landed as expected.
+    pub lake_commits_prestaged: Counter,
+    /// Partition commits staged early and then discarded (the previous commit did not leave the
+    /// ledger they were staged for, or staging failed); they were committed again the usual way.
+    pub lake_prestages_discarded: Counter,
     /// Times a partition was read again from its ledger's position because the source delivered
     /// a message beyond it.
     pub source_rereads: Counter,
@@ -152,6 +158,8 @@ impl Metrics {
             lake_files_merged: Counter::default(),
             lake_commits_overlapped: Counter::default(),
             lake_commits_fenced: Counter::default(),
+            lake_commits_prestaged: Counter::default(),
+            lake_prestages_discarded: Counter::default(),
             source_rereads: Counter::default(),
             source_offsets_missing: Counter::default(),
             step_seconds: Family::default(),
@@ -177,6 +185,16 @@ impl Metrics {
             "lake_commits_fenced",
             "Partition commits refused because another writer moved the partition's ledger on (the partition is reloaded and its messages processed again)",
             m.lake_commits_fenced.clone(),
+        );
+        registry.register(
+            "lake_commits_prestaged",
+            "Partition commits staged while the previous batch's commit was still going on and published once it landed as expected",
+            m.lake_commits_prestaged.clone(),
+        );
+        registry.register(
+            "lake_prestages_discarded",
+            "Partition commits staged early and discarded (the previous commit did not leave the ledger they were staged for, or staging failed), then committed the usual way",
+            m.lake_prestages_discarded.clone(),
         );
         registry.register(
             "source_rereads",

@@ -49,6 +49,10 @@ const STAGED_ENTRY: &str = "_entry.json";
 /// read).
 const KEEP_ENTRIES: u64 = 4;
 
+/// How many commits after a load sweep what dead writers staged beyond the loaded step (see
+/// [`PartitionLedger::sweeps_left`]).
+pub const SWEEPING_COMMITS: u8 = 2;
+
 /// Errors of the ledger.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -176,11 +180,34 @@ pub struct PartitionLedger {
     pub next_offset: i64,
     /// Topic id the offsets belong to, if known.
     pub topic_id: Option<String>,
-    /// Set by a load: after this owner's first commit, staged files of that step left by a
-    /// writer that died while staging it are swept (the load sweeps only up to the loaded step).
-    pub sweep_after_commit: bool,
+    /// How many of this owner's next commits sweep the staging area after publishing: staged
+    /// files of the step just taken that a writer left when it died are swept (the load sweeps
+    /// only up to the loaded step). A load sets [`SWEEPING_COMMITS`]: a writer that dies can
+    /// leave two steps staged beyond the latest entry (one commit in flight and the next one
+    /// staged early, `lake.prestage`).
+    pub sweeps_left: u8,
     /// Which offsets each lake dataset holds, as of the latest entry.
     pub coverage: Option<Coverage>,
+}
+
+impl PartitionLedger {
+    /// The ledger as the next step's commit (of everything below `next_offset`, with `state`)
+    /// leaves it once published: what [`OffsetLedger::publish`] sets, known before it runs.
+    pub fn after_commit(&self, next_offset: i64, state: &CommitState) -> PartitionLedger {
+        PartitionLedger {
+            tp: self.tp.clone(),
+            seq: self.seq + 1,
+            next_offset,
+            topic_id: state.topic_id.clone(),
+            sweeps_left: self.sweeps_left.saturating_sub(1),
+            coverage: Some(Coverage::advance(
+                self.coverage.as_ref(),
+                self.seq > 0,
+                self.next_offset,
+                &state.datasets,
+            )),
+        }
+    }
 }
 
 /// What the next commit of a partition records besides its files.
@@ -361,7 +388,7 @@ impl OffsetLedger {
             seq,
             next_offset: latest.as_ref().map_or(0, |e| e.next_offset),
             topic_id: latest.as_ref().and_then(|e| e.topic_id.clone()),
-            sweep_after_commit: true,
+            sweeps_left: SWEEPING_COMMITS,
             coverage: latest.as_ref().and_then(|e| e.coverage.clone()),
         };
         Ok((ledger, latest))
@@ -392,7 +419,8 @@ impl OffsetLedger {
         compactions: Vec<Compaction>,
         state: CommitState,
     ) -> Result<StagedEntry, LedgerError> {
-        let seq = ledger.seq + 1;
+        let after = ledger.after_commit(next_offset, &state);
+        let seq = after.seq;
         let entry = LedgerEntry {
             seq,
             next_offset,
@@ -402,12 +430,7 @@ impl OffsetLedger {
             topic_id: state.topic_id,
             progress: state.progress,
             windows: state.windows,
-            coverage: Some(Coverage::advance(
-                ledger.coverage.as_ref(),
-                ledger.seq > 0,
-                ledger.next_offset,
-                &state.datasets,
-            )),
+            coverage: after.coverage,
             compactions,
         };
         let path = self.entry_path(&ledger.tp, seq);
@@ -483,8 +506,8 @@ impl OffsetLedger {
         ledger.coverage = e.entry.coverage.clone();
         self.finish_entry(&e.entry).await?;
         self.remove_dir_chain(&e.dir, &ledger.tp).await;
-        if ledger.sweep_after_commit {
-            ledger.sweep_after_commit = false;
+        if ledger.sweeps_left > 0 {
+            ledger.sweeps_left -= 1;
             if let Err(err) = self.remove_orphans(&ledger.tp, seq).await {
                 tracing::debug!(partition = %ledger.tp, error = %err, "cannot sweep the staging area");
             }
@@ -508,6 +531,14 @@ impl OffsetLedger {
             let _ = self.store().delete(&f.location).await;
         }
         let _ = self.location.delete_dir(dir).await;
+    }
+
+    /// Delete what step `seq` of this writer staged for `tp` (a staged commit that will not be
+    /// published), and the staging directories it leaves empty.
+    pub(crate) async fn discard_step(&self, tp: &TopicPartition, seq: u64) {
+        let dir = self.staging_dir(tp, seq);
+        self.discard_staging(&dir).await;
+        self.remove_dir_chain(&dir, tp).await;
     }
 
     /// Remove a commit's (empty) staging directory, then its partition's and topic's directories

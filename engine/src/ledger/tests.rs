@@ -216,6 +216,38 @@ async fn a_dead_writers_staging_for_the_next_step_is_swept_after_the_new_owner_t
     assert!(staging_is_empty(tmp.path()));
 }
 
+/// A writer that stages a batch's commit while the previous one is still going on
+/// (`lake.prestage`) can die with two steps staged beyond the latest entry: the one in flight
+/// and the next. The new owner's first commit takes the first of those steps, its second commit
+/// the other; each sweeps what the dead writer left for it.
+#[tokio::test]
+async fn a_dead_writers_two_staged_steps_are_swept_by_the_new_owners_first_two_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = ledger(tmp.path(), "dead");
+    let (_, _) = dead.load(&tp()).await.unwrap();
+    // Killed with step 1 in flight and step 2 staged early: files, no entries.
+    let _ = stage(&dead, 1, "dead1.parquet").await;
+    let _ = stage(&dead, 2, "dead2.parquet").await;
+    let owner = ledger(tmp.path(), "owner");
+    let (mut p, _) = owner.load(&tp()).await.unwrap();
+    for (seq, next) in [(1, 10), (2, 20)] {
+        let f = stage(&owner, seq, &format!("owner{seq}.parquet")).await;
+        let expected = p.after_commit(next, &CommitState::default());
+        owner
+            .commit(&mut p, next, vec![f], CommitState::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            p, expected,
+            "the ledger after a commit is the one predicted"
+        );
+    }
+    assert!(
+        staging_is_empty(tmp.path()),
+        "the dead writer's staged steps 1 and 2 are gone"
+    );
+}
+
 fn record(l: &OffsetLedger, run: &str, staged: String) -> backfill::BackfillRecord {
     backfill::BackfillRecord {
         seq: 1,

@@ -121,7 +121,7 @@ impl<S: Source> Pipeline<S> {
             {
                 Committed::Landed { fenced } => fenced,
                 Committed::Redo => continue,
-                Committed::InFlight(task) => {
+                Committed::InFlight(task, after) => {
                     let mut body = String::new();
                     let window_points = self.merged_points(&touched, &mut body).await?;
                     self.metrics.step("window_merge", &mut at);
@@ -135,6 +135,7 @@ impl<S: Source> Pipeline<S> {
                     };
                     self.in_flight = Some(InFlight {
                         task,
+                        after,
                         messages,
                         body,
                         points: row_points + window_points,

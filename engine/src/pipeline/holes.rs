@@ -245,13 +245,14 @@ impl<S: Source> Pipeline<S> {
             }
             // Nothing was in flight, so nothing asks for a redo.
             Committed::Redo => {}
-            Committed::InFlight(task) => {
+            Committed::InFlight(task, after) => {
                 let tallies = parts
                     .iter()
                     .map(|p| (p.tp.clone(), self.part_tally(p)))
                     .collect();
                 self.in_flight = Some(InFlight {
                     task,
+                    after,
                     messages: std::sync::Arc::new(Vec::new()),
                     body: String::new(),
                     points: 0,

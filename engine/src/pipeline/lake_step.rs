@@ -15,7 +15,9 @@ use crate::ledger::{CommitState, LedgerError, PartitionLedger, Progress};
 use crate::metrics::{Health, Metrics};
 use crate::retry::{Backoff, RetryError, Transient, retry_reporting};
 use crate::sink::dead_letter;
-use crate::sink::lake::{DatasetOutput, EncodedFile, LakeError, LakeSink, MergedFile};
+use crate::sink::lake::{
+    DatasetOutput, EncodedFile, LakeError, LakeSink, MergedFile, StagedCommit,
+};
 use crate::source::{Source, TopicPartition};
 use crate::transform::isolate::run_isolating;
 use crate::transform::{Target, Transform};
@@ -39,7 +41,24 @@ pub(super) struct Prepared {
     /// The ownership it was prepared under.
     epoch: u64,
     state: CommitState,
+    /// Its files and entry, staged while the previous batch's commit went on
+    /// ([`Pipeline::prestage`]): only the publishing is left.
+    prestaged: Option<StagedCommit>,
 }
+
+/// The ledgers a batch's commit leaves once it lands, per partition (with the ownership it was
+/// prepared under): what the next batch's commit is staged against before it has landed.
+pub(super) type LedgersAfter = BTreeMap<TopicPartition, (u64, PartitionLedger)>;
+
+/// The next batch's commits being staged while a commit goes on: per partition, the ledger
+/// each was staged against and how its staging went.
+type Prestaging = tokio::task::JoinHandle<
+    Vec<(
+        TopicPartition,
+        PartitionLedger,
+        Result<StagedCommit, LakeError>,
+    )>,
+>;
 
 impl<S: Source> Pipeline<S> {
     /// Run every lake transform over each partition's fresh rows.
@@ -166,7 +185,9 @@ impl<S: Source> Pipeline<S> {
         encode_all(&self.sinks.lake, &mut prepared)?;
         self.metrics.step("lake_encode", at);
         if self.in_flight.is_some() {
+            let prestaging = self.prestage(&prepared);
             if self.land(shutdown).await? {
+                self.discard_prestaged(prestaging, &mut []).await;
                 return Ok(Committed::Redo);
             }
             // Each commit builds on the ledger the previous one left.
@@ -178,11 +199,19 @@ impl<S: Source> Pipeline<S> {
                 }
                 _ => false,
             });
+            self.discard_prestaged(prestaging, &mut prepared).await;
             *at = std::time::Instant::now();
         }
         for p in &prepared {
             self.apply_state(p, parts);
         }
+        let after: LedgersAfter = prepared
+            .iter()
+            .map(|p| {
+                let ledger = p.ledger.after_commit(p.next_offset, &p.state);
+                (p.tp.clone(), (p.epoch, ledger))
+            })
+            .collect();
         let commit = commit_all(
             self.sinks.lake.clone(),
             self.options.backoff.clone(),
@@ -194,13 +223,92 @@ impl<S: Source> Pipeline<S> {
         );
         if self.may_overlap() {
             self.metrics.lake_commits_overlapped.inc();
-            return Ok(Committed::InFlight(tokio::spawn(commit)));
+            return Ok(Committed::InFlight(tokio::spawn(commit), after));
         }
         // While the commits wait on the store, the next batch is read (and decoded).
         let results = reading_ahead!(self, commit).await;
         self.metrics.step("lake_commit", at);
         let fenced = self.record_commits(results)?;
         Ok(Committed::Landed { fenced })
+    }
+
+    /// Stage each partition's commit of `prepared` while the commit in flight goes on, against
+    /// the ledger that commit leaves when it lands as expected (a partition it does not commit:
+    /// the ledger as it is). Then, on HDFS, this commit's wait for the namenode overlaps the
+    /// previous one's, and only publishing is left once that one landed. Nothing staged is
+    /// visible: [`Self::discard_prestaged`] keeps what was staged against the ledger that
+    /// actually came and removes the rest (a fenced or failed commit, another ownership).
+    fn prestage(&self, prepared: &[Prepared]) -> Option<Prestaging> {
+        let flight = self.in_flight.as_ref()?;
+        if !self.options.prestage_commits {
+            return None;
+        }
+        let jobs: Vec<_> = prepared
+            .iter()
+            .filter_map(|p| {
+                let base = match flight.after.get(&p.tp) {
+                    Some((epoch, ledger)) if *epoch == p.epoch => ledger.clone(),
+                    Some(_) => return None,
+                    None => p.ledger.clone(),
+                };
+                Some((
+                    base,
+                    p.next_offset,
+                    p.files.clone(),
+                    p.merges.clone(),
+                    p.state.clone(),
+                ))
+            })
+            .collect();
+        let (lake, timeout) = (self.sinks.lake.clone(), self.options.lake_timeout);
+        Some(tokio::spawn(async move {
+            let lake = &lake;
+            futures::future::join_all(jobs.into_iter().map(
+                |(base, next_offset, files, merges, state)| async move {
+                    let staged = tokio::time::timeout(
+                        timeout,
+                        lake.stage(&base, next_offset, files, merges, state),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out(&base.tp, timeout)));
+                    (base.tp.clone(), base, staged)
+                },
+            ))
+            .await
+        }))
+    }
+
+    /// Wait for the staging [`Self::prestage`] started. A partition of `prepared` whose ledger is
+    /// the one its commit was staged against takes the staged commit; every other staged commit
+    /// is removed from the staging area (before anything else is staged there).
+    async fn discard_prestaged(&self, prestaging: Option<Prestaging>, prepared: &mut [Prepared]) {
+        let Some(task) = prestaging else {
+            return;
+        };
+        let results = match task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return,
+        };
+        let lake = &self.sinks.lake;
+        let mut discards = Vec::new();
+        for (tp, base, staged) in results {
+            let p = prepared.iter_mut().find(|p| p.tp == tp);
+            match (p, staged) {
+                (Some(p), Ok(staged)) if p.ledger == base => {
+                    self.metrics.lake_commits_prestaged.inc();
+                    p.prestaged = Some(staged);
+                }
+                (_, staged) => {
+                    if let Err(e) = staged {
+                        tracing::debug!(partition = %tp, error = %e, "staging a commit early failed; it is staged again the usual way");
+                    }
+                    self.metrics.lake_prestages_discarded.inc();
+                    discards.push(async move { lake.discard(&base).await });
+                }
+            }
+        }
+        futures::future::join_all(discards).await;
     }
 
     /// Record the partitions' commits of a batch (waited for or landed from the background).
@@ -322,6 +430,7 @@ impl<S: Source> Pipeline<S> {
             files: Vec::new(),
             merges: Vec::new(),
             epoch: owned.epoch,
+            prestaged: None,
             state: CommitState {
                 topic_id: owned.ledger.topic_id.clone(),
                 progress,
@@ -409,8 +518,8 @@ pub(super) enum Committed {
         /// Fenced partitions.
         fenced: Vec<TopicPartition>,
     },
-    /// Going on in the background ([`Pipeline::land`] finishes it).
-    InFlight(tokio::task::JoinHandle<Vec<CommitResult>>),
+    /// Going on in the background ([`Pipeline::land`] finishes it), and the ledgers it leaves.
+    InFlight(tokio::task::JoinHandle<Vec<CommitResult>>, LedgersAfter),
     /// The previous batch's commit was fenced for some partitions: their messages wait in
     /// `Pipeline::redo`, to be processed with this batch again.
     Redo,
@@ -429,7 +538,9 @@ async fn commit_all(
 ) -> Vec<CommitResult> {
     let (lake, backoff, shutdown, metrics, health) =
         (&lake, &backoff, &shutdown, &metrics, &health);
-    futures::future::join_all(prepared.into_iter().map(|p| async move {
+    futures::future::join_all(prepared.into_iter().map(|mut p| async move {
+        // A commit staged early is published; a retry (or a commit staged now) stages again.
+        let mut prestaged = p.prestaged.take();
         let pr = &p;
         let result = retry_reporting(
             "lake commit",
@@ -449,13 +560,18 @@ async fn commit_all(
                     pr.state.clone(),
                 );
                 let (tp, next_offset) = (pr.tp.clone(), pr.next_offset);
+                let staged = prestaged.take();
                 async move {
-                    match tokio::time::timeout(
-                        timeout,
-                        lake.commit(&mut ledger, next_offset, files, merges, state),
-                    )
-                    .await
-                    {
+                    let commit = async {
+                        match staged {
+                            Some(staged) => lake.publish(&mut ledger, staged).await,
+                            None => {
+                                lake.commit(&mut ledger, next_offset, files, merges, state)
+                                    .await
+                            }
+                        }
+                    };
+                    match tokio::time::timeout(timeout, commit).await {
                         Ok(r) => r.map(|times| {
                             metrics
                                 .lake_stage_seconds
@@ -465,17 +581,7 @@ async fn commit_all(
                                 .observe(times.published.as_secs_f64());
                             ledger
                         }),
-                        Err(_) => Err(LakeError::Ledger(LedgerError::Store {
-                            path: tp.to_string(),
-                            source: object_store::Error::Generic {
-                                store: "lake",
-                                source: format!(
-                                    "the commit took longer than {}s (lake.timeout)",
-                                    timeout.as_secs()
-                                )
-                                .into(),
-                            },
-                        })),
+                        Err(_) => Err(timed_out(&tp, timeout)),
                     }
                 }
             },
@@ -484,6 +590,21 @@ async fn commit_all(
         (p, result)
     }))
     .await
+}
+
+/// A commit of `tp` that took longer than `timeout` (`lake.timeout`).
+fn timed_out(tp: &TopicPartition, timeout: Duration) -> LakeError {
+    LakeError::Ledger(LedgerError::Store {
+        path: tp.to_string(),
+        source: object_store::Error::Generic {
+            store: "lake",
+            source: format!(
+                "the commit took longer than {}s (lake.timeout)",
+                timeout.as_secs()
+            )
+            .into(),
+        },
+    })
 }
 
 /// One partition's commit and how it went.

@@ -173,6 +173,9 @@ pub struct PipelineOptions {
     /// Let a batch's lake commit go on while the next batch is processed, when this engine is
     /// alone on the topic and behind it (see `pipeline::overlap`).
     pub overlap_commits: bool,
+    /// Stage a batch's commit while the previous batch's commit is still going on
+    /// (`lake.prestage`; see [`lake_step`]).
+    pub prestage_commits: bool,
 }
 
 impl PipelineOptions {
@@ -199,6 +202,7 @@ impl PipelineOptions {
                 interval: c.lake.compact_interval.0,
             },
             overlap_commits: true,
+            prestage_commits: c.lake.prestage,
         }
     }
 }

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::Done;
-use super::lake_step::CommitResult;
+use super::lake_step::{CommitResult, LedgersAfter};
 use super::{Pipeline, PipelineError, Stop, WindowSet};
 use crate::sink::lake::LakeError;
 use crate::source::{Message, Source, TopicPartition};
@@ -40,6 +40,8 @@ use crate::source::{Message, Source, TopicPartition};
 pub(super) struct InFlight {
     /// The commit.
     pub task: JoinHandle<Vec<CommitResult>>,
+    /// The ledgers it leaves when it lands as expected (the next commit is staged against them).
+    pub after: LedgersAfter,
     /// The batch's messages (those of a fenced partition are processed again).
     pub messages: Arc<Vec<Message>>,
     /// The merged points of the windows the batch touched, written once the commit lands.
@@ -68,6 +70,7 @@ impl<S: Source> Pipeline<S> {
         let mut at = std::time::Instant::now();
         let InFlight {
             task,
+            after: _,
             messages,
             body,
             points,

@@ -184,12 +184,7 @@ impl LakeSink {
     }
 
     /// Stage `files` (and the merged files of `merges`) and commit them with the ledger entry
-    /// `next_offset` for this partition.
-    ///
-    /// The files and the ledger entry are staged concurrently: on HDFS each file's close waits
-    /// for the datanode to report the block (hdfs-native retries `complete` after 500 ms), so one
-    /// file after the other would cost that wait per file. Then the entry is published (the
-    /// commit point) and the files renamed into place.
+    /// `next_offset` for this partition: [`Self::stage`], then [`Self::publish`].
     pub async fn commit(
         &self,
         ledger: &mut PartitionLedger,
@@ -198,6 +193,29 @@ impl LakeSink {
         merges: Vec<MergedFile>,
         state: CommitState,
     ) -> Result<CommitTimes, LakeError> {
+        let staged = self
+            .stage(ledger, next_offset, files, merges, state)
+            .await?;
+        self.publish(ledger, staged).await
+    }
+
+    /// Write `files` (and the merged files of `merges`) and the ledger entry of the step after
+    /// `ledger` to that step's staging directory; nothing is visible yet. `ledger` may be the
+    /// one a commit still going on will leave ([`PartitionLedger::after_commit`]): the staged
+    /// commit is then published only if that commit leaves exactly this ledger, else discarded
+    /// ([`Self::discard`]).
+    ///
+    /// The files and the ledger entry are staged concurrently: on HDFS each file's close waits
+    /// for the datanode to report the block (hdfs-native retries `complete` after 500 ms), so one
+    /// file after the other would cost that wait per file.
+    pub async fn stage(
+        &self,
+        ledger: &PartitionLedger,
+        next_offset: i64,
+        files: Vec<EncodedFile>,
+        merges: Vec<MergedFile>,
+        state: CommitState,
+    ) -> Result<StagedCommit, LakeError> {
         let started = std::time::Instant::now();
         let staging = self.ledger.staging_dir(&ledger.tp, ledger.seq + 1);
         let moves = files
@@ -247,13 +265,40 @@ impl LakeSink {
                 .map_err(LakeError::from)
         };
         futures::future::try_join(futures::future::try_join_all(puts), stage_entry).await?;
-        let staged = started.elapsed();
-        self.ledger.publish(ledger, entry).await?;
-        Ok(CommitTimes {
-            staged,
-            published: started.elapsed() - staged,
+        Ok(StagedCommit {
+            entry,
+            staged: started.elapsed(),
         })
     }
+
+    /// Publish a staged commit as the next step of `ledger` (the commit point; see
+    /// [`OffsetLedger::publish`]). On success `ledger` is advanced.
+    pub async fn publish(
+        &self,
+        ledger: &mut PartitionLedger,
+        staged: StagedCommit,
+    ) -> Result<CommitTimes, LakeError> {
+        let started = std::time::Instant::now();
+        self.ledger.publish(ledger, staged.entry).await?;
+        Ok(CommitTimes {
+            staged: staged.staged,
+            published: started.elapsed(),
+        })
+    }
+
+    /// Remove what staging the step after `ledger` wrote (a staged commit that will not be
+    /// published, or whose staging failed half-way).
+    pub async fn discard(&self, ledger: &PartitionLedger) {
+        self.ledger.discard_step(&ledger.tp, ledger.seq + 1).await;
+    }
+}
+
+/// A partition's commit written to its staging directory, waiting to be published
+/// ([`LakeSink::stage`]).
+#[derive(Debug)]
+pub struct StagedCommit {
+    entry: crate::ledger::StagedEntry,
+    staged: std::time::Duration,
 }
 
 /// Encode one batch as a Parquet file in memory, every column nullable.
