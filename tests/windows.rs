@@ -50,17 +50,22 @@ async fn repeated_kill_9_leaves_every_influx_point_equal_to_the_lake() {
     let mut e = EngineProcess::start(&s.env("carflow-kill9"), s.logs.path(), "k0");
     let mut rng = Lcg(2026);
     let mut kills = 0;
+    // Commits staged while the previous one was landing (`lake.prestage`), by every engine.
+    let mut prestaged = 0.0;
     while kills < 8 {
         tokio::time::sleep(rng.millis(2_000, 6_000)).await;
         let at: i64 = e.processed().await.values().sum();
         if at >= total {
             break;
         }
+        prestaged += e.metric("carflow_lake_commits_prestaged_total").await;
         e.restart(&format!("k{}", kills + 1));
         kills += 1;
     }
     assert!(kills >= 5, "only {kills} kills before the engine finished");
     s.wait_done(&mut [&mut e], Duration::from_secs(900)).await;
+    prestaged += e.metric("carflow_lake_commits_prestaged_total").await;
+    assert!(prestaged > 0.0, "commits were staged early");
     assert!(e.stop(), "{}", e.log_tail());
     s.check(n as i64, bad.len()).await;
 }

@@ -1421,7 +1421,9 @@ def report(b: Bench, started: float) -> str:
             ratios.append(f"carflow lake commits: {n:,.0f} partition commits, staging mean "
                           f"{m.get('carflow_lake_stage_seconds_sum', 0) / n:.3f} s ({slow:,.0f} over 0.32 s: "
                           f"the namenode's complete() retried after 500 ms), publishing mean "
-                          f"{m.get('carflow_lake_publish_seconds_sum', 0) / n:.3f} s; batch wait for the commit "
+                          f"{m.get('carflow_lake_publish_seconds_sum', 0) / n:.3f} s; staged while the previous "
+                          f"commit landed {m.get('carflow_lake_commits_prestaged_total', 0):,.0f} (discarded "
+                          f"{m.get('carflow_lake_prestages_discarded_total', 0):,.0f}); batch wait for the commit "
                           f"in flight {waited:.1f} s")
     lat, fl = res.get("latency"), res.get("files")
     extra: list[str] = []

@@ -184,10 +184,11 @@ impl<S: Source> Pipeline<S> {
         }
         encode_all(&self.sinks.lake, &mut prepared)?;
         self.metrics.step("lake_encode", at);
+        let mut prestaging = None;
         if self.in_flight.is_some() {
-            let prestaging = self.prestage(&prepared);
+            prestaging = self.prestage(&prepared);
             if self.land(shutdown).await? {
-                self.discard_prestaged(prestaging, &mut []).await;
+                settle_prestaged(&self.sinks.lake, &self.metrics, prestaging, &mut []).await;
                 return Ok(Committed::Redo);
             }
             // Each commit builds on the ledger the previous one left.
@@ -199,7 +200,6 @@ impl<S: Source> Pipeline<S> {
                 }
                 _ => false,
             });
-            self.discard_prestaged(prestaging, &mut prepared).await;
             *at = std::time::Instant::now();
         }
         for p in &prepared {
@@ -220,6 +220,7 @@ impl<S: Source> Pipeline<S> {
             Arc::clone(&self.health),
             self.options.lake_timeout,
             prepared,
+            prestaging,
         );
         if self.may_overlap() {
             self.metrics.lake_commits_overlapped.inc();
@@ -236,8 +237,8 @@ impl<S: Source> Pipeline<S> {
     /// the ledger that commit leaves when it lands as expected (a partition it does not commit:
     /// the ledger as it is). Then, on HDFS, this commit's wait for the namenode overlaps the
     /// previous one's, and only publishing is left once that one landed. Nothing staged is
-    /// visible: [`Self::discard_prestaged`] keeps what was staged against the ledger that
-    /// actually came and removes the rest (a fenced or failed commit, another ownership).
+    /// visible: [`settle_prestaged`] keeps what was staged against the ledger that actually
+    /// came and removes the rest (a fenced or failed commit, another ownership).
     fn prestage(&self, prepared: &[Prepared]) -> Option<Prestaging> {
         let flight = self.in_flight.as_ref()?;
         if !self.options.prestage_commits {
@@ -276,39 +277,6 @@ impl<S: Source> Pipeline<S> {
             ))
             .await
         }))
-    }
-
-    /// Wait for the staging [`Self::prestage`] started. A partition of `prepared` whose ledger is
-    /// the one its commit was staged against takes the staged commit; every other staged commit
-    /// is removed from the staging area (before anything else is staged there).
-    async fn discard_prestaged(&self, prestaging: Option<Prestaging>, prepared: &mut [Prepared]) {
-        let Some(task) = prestaging else {
-            return;
-        };
-        let results = match task.await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return,
-        };
-        let lake = &self.sinks.lake;
-        let mut discards = Vec::new();
-        for (tp, base, staged) in results {
-            let p = prepared.iter_mut().find(|p| p.tp == tp);
-            match (p, staged) {
-                (Some(p), Ok(staged)) if p.ledger == base => {
-                    self.metrics.lake_commits_prestaged.inc();
-                    p.prestaged = Some(staged);
-                }
-                (_, staged) => {
-                    if let Err(e) = staged {
-                        tracing::debug!(partition = %tp, error = %e, "staging a commit early failed; it is staged again the usual way");
-                    }
-                    self.metrics.lake_prestages_discarded.inc();
-                    discards.push(async move { lake.discard(&base).await });
-                }
-            }
-        }
-        futures::future::join_all(discards).await;
     }
 
     /// Record the partitions' commits of a batch (waited for or landed from the background).
@@ -525,8 +493,47 @@ pub(super) enum Committed {
     Redo,
 }
 
+/// Wait for the staging [`Pipeline::prestage`] started. A partition of `prepared` whose ledger
+/// is the one its commit was staged against takes the staged commit; every other staged commit
+/// is removed from the staging area (before anything is staged there again).
+async fn settle_prestaged(
+    lake: &LakeSink,
+    metrics: &Metrics,
+    prestaging: Option<Prestaging>,
+    prepared: &mut [Prepared],
+) {
+    let Some(task) = prestaging else {
+        return;
+    };
+    let results = match task.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => return,
+    };
+    let mut discards = Vec::new();
+    for (tp, base, staged) in results {
+        let p = prepared.iter_mut().find(|p| p.tp == tp);
+        match (p, staged) {
+            (Some(p), Ok(staged)) if p.ledger == base => {
+                metrics.lake_commits_prestaged.inc();
+                p.prestaged = Some(staged);
+            }
+            (_, staged) => {
+                if let Err(e) = staged {
+                    tracing::debug!(partition = %tp, error = %e, "staging a commit early failed; it is staged again the usual way");
+                }
+                metrics.lake_prestages_discarded.inc();
+                discards.push(async move { lake.discard(&base).await });
+            }
+        }
+    }
+    futures::future::join_all(discards).await;
+}
+
 /// Every partition's commit, each retried while the store is unreachable; in the background or
-/// in line.
+/// in line. Commits staged early (`prestaging`) are published when they were staged against the
+/// ledger now held, else discarded first.
+#[allow(clippy::too_many_arguments)]
 async fn commit_all(
     lake: LakeSink,
     backoff: Backoff,
@@ -534,8 +541,10 @@ async fn commit_all(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     timeout: Duration,
-    prepared: Vec<Prepared>,
+    mut prepared: Vec<Prepared>,
+    prestaging: Option<Prestaging>,
 ) -> Vec<CommitResult> {
+    settle_prestaged(&lake, &metrics, prestaging, &mut prepared).await;
     let (lake, backoff, shutdown, metrics, health) =
         (&lake, &backoff, &shutdown, &metrics, &health);
     futures::future::join_all(prepared.into_iter().map(|mut p| async move {

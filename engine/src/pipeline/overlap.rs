@@ -9,8 +9,11 @@
 //! - Batch *i*'s state (next offset, event-time progress, open windows) becomes the owned state
 //!   when its commit starts, and windows close in memory after it as before; batch *i + 1* builds
 //!   on it. Nothing of it is visible outside until the commit lands.
-//! - Commits stay in order: batch *i + 1*'s commit starts only after *i*'s landed (its ledger
-//!   entry is the next one) and after the window points of *i - 1* landed. It does not wait for
+//! - Commits stay in order: batch *i + 1*'s commit is published only after *i*'s landed (its
+//!   ledger entry is the next one) and after the window points of *i - 1* landed. Its files and
+//!   entry may be staged before, while *i* lands (`lake.prestage`): against the ledger *i* leaves
+//!   when it lands as expected, published only if it did, else discarded and staged again
+//!   ([`super::lake_step`]); a staged commit is invisible until published. It does not wait for
 //!   *i*'s points: the windows the close after batch *i* dropped are still in its entry, with the
 //!   boundary before that close ([`super::partitions::Held`]), so a crash before *i*'s points
 //!   land leaves them open in the ledger and the restart writes their points again.
