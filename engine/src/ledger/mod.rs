@@ -253,15 +253,16 @@ pub fn safe_segment(s: &str) -> String {
 /// A staged entry, written to the staging area and waiting to be published.
 #[derive(Debug, Clone)]
 pub struct StagedEntry {
+    /// The entry without its window state (which only the body carries: it can be megabytes).
     entry: LedgerEntry,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     staged: Path,
     path: Path,
     dir: Path,
 }
 
 impl StagedEntry {
-    /// The entry.
+    /// The entry, without its window state (`windows` is empty here; the staged file has it).
     pub fn entry(&self) -> &LedgerEntry {
         &self.entry
     }
@@ -421,7 +422,7 @@ impl OffsetLedger {
     ) -> Result<StagedEntry, LedgerError> {
         let after = ledger.after_commit(next_offset, &state);
         let seq = after.seq;
-        let entry = LedgerEntry {
+        let mut entry = LedgerEntry {
             seq,
             next_offset,
             files,
@@ -438,10 +439,11 @@ impl OffsetLedger {
             path: path.to_string(),
             source,
         })?;
+        entry.windows = BTreeMap::new();
         let dir = self.staging_dir(&ledger.tp, seq);
         Ok(StagedEntry {
             entry,
-            body,
+            body: body.into(),
             staged: dir.clone().join(STAGED_ENTRY),
             path,
             dir,
