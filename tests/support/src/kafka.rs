@@ -126,10 +126,33 @@ impl Kafka {
         }
     }
 
-    /// High watermark (end offset) of every partition of `topic`.
+    /// End offset of every partition of `topic`, once no transaction is open on it.
+    ///
+    /// `commit_transaction` returns when the coordinator has logged the commit; it writes the
+    /// markers to the partitions after that. Until a partition's marker is written its stable end
+    /// (what a `read_committed` client, the default, is told) stays before the transaction while
+    /// its high watermark is past the messages: the two are compared until they agree (bounded to
+    /// 30 s), so the ends returned include every marker of a finished transaction.
     pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let stable = self.watermarks(topic, "read_committed");
+            let high = self.watermarks(topic, "read_uncommitted");
+            if stable == high {
+                return high;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a transaction stayed open on {topic} for 30 s: stable ends {stable:?}, high watermarks {high:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn watermarks(&self, topic: &str, isolation: &str) -> Vec<i64> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
+            .set("isolation.level", isolation)
             .create()
             .expect("kafka client");
         let md = consumer
