@@ -155,11 +155,7 @@ impl Kafka {
             .set("isolation.level", isolation)
             .create()
             .expect("kafka client");
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        let n = md.topics()[0].partitions().len() as i32;
-        (0..n)
+        (0..partitions(&consumer, topic))
             .map(|p| {
                 consumer
                     .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -177,7 +173,7 @@ impl Kafka {
             .set("group.id", group)
             .create()
             .expect("kafka client");
-        let n = self.end_offsets(topic).len() as i32;
+        let n = partitions(&consumer, topic);
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in 0..n {
             tpl.add_partition(topic, p);
@@ -194,6 +190,14 @@ impl Kafka {
             )
             .collect()
     }
+}
+
+/// How many partitions `topic` has.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> i32 {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()[0].partitions().len() as i32
 }
 
 /// A test topic, deleted when dropped.
