@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::schema::{EVENT_TIME, source_schema, transaction_schema};
-use crate::source::{DeadLetter, Message, Source, SourceError};
+use crate::source::{DeadLetter, Message, Source, SourceError, in_processing_order};
 
 /// When a micro-batch closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +124,10 @@ pub async fn collect_batch<S: Source>(
     let mut deadline: Option<Instant> = ahead.since.take().map(|s| s + limits.linger);
     let idle = Instant::now() + IDLE_WAKE;
     let mut next_carried = ahead.carry.take();
-    let done = |messages: Vec<Message>, end: BatchEnd| {
+    // In the order the pipeline processes them, each offset once (as a batch read ahead is):
+    // the pipeline then takes the batch as it is, with no sorted copy of its messages.
+    let done = |mut messages: Vec<Message>, end: BatchEnd| {
+        in_processing_order(&mut messages);
         Ok(Collected {
             messages: Arc::new(messages),
             end,
