@@ -124,8 +124,31 @@ pub struct Compaction {
 pub struct WindowBlob {
     /// Which version of the query wrote it (state of another version is not reused).
     pub fingerprint: String,
-    /// The state rows, an Arrow IPC stream in base64.
-    pub ipc: String,
+    /// The state rows, an Arrow IPC stream (base64 in the entry's JSON). Shared, not copied,
+    /// when the commit state is cloned (a commit staged early, a retried commit).
+    #[serde(with = "base64_bytes")]
+    pub ipc: bytes::Bytes,
+}
+
+/// Bytes as a base64 JSON string, encoded straight into the serializer's output (no base64 copy
+/// of the whole blob in between).
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::display::Base64Display;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&Base64Display::new(b, &STANDARD))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map(bytes::Bytes::from)
+            .map_err(|e| serde::de::Error::custom(format!("window state is not base64: {e}")))
+    }
 }
 
 /// Event-time progress of a partition, as committed.

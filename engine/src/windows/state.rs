@@ -1,6 +1,6 @@
 //! The open windows of one Kafka partition: per windowed query, per window, the partial
 //! aggregate state rows; and how they are committed inside the partition's ledger entry (an Arrow
-//! IPC stream, base64) and read back.
+//! IPC stream, base64 in the entry's JSON) and read back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -9,7 +9,6 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
-use base64::Engine as _;
 use datafusion::error::{DataFusionError, Result};
 
 use super::aggregate::WindowQuery;
@@ -54,29 +53,34 @@ impl QueryState {
         before - self.windows.len()
     }
 
-    /// As committed: every window's rows in one Arrow IPC stream, in base64.
+    /// As committed: every window's rows in one Arrow IPC stream, a batch per window (no copy
+    /// of all windows into one batch first).
     pub fn to_blob(&self, q: &WindowQuery, fingerprint: &str) -> Result<WindowBlob> {
         let schema = q.state_schema();
-        let all = concat_batches(&schema, self.windows.values())?;
         let mut buf = Vec::new();
         {
             let mut w = StreamWriter::try_new(&mut buf, &schema)?;
-            w.write(&all)?;
+            for rows in self.windows.values().filter(|b| b.num_rows() > 0) {
+                w.write(&RecordBatch::try_new(
+                    schema.clone(),
+                    rows.columns().to_vec(),
+                )?)?;
+            }
             w.finish()?;
+        }
+        if buf.capacity() > buf.len() + buf.len() / 4 {
+            buf.shrink_to_fit();
         }
         Ok(WindowBlob {
             fingerprint: fingerprint.to_string(),
-            ipc: base64::engine::general_purpose::STANDARD.encode(buf),
+            ipc: bytes::Bytes::from(buf),
         })
     }
 
     /// Read back what [`QueryState::to_blob`] wrote (the schema must be the query's state
     /// schema).
     pub fn from_blob(q: &WindowQuery, blob: &WindowBlob) -> Result<Self> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(&blob.ipc)
-            .map_err(|e| DataFusionError::Execution(format!("window state is not base64: {e}")))?;
-        let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+        let reader = StreamReader::try_new(Cursor::new(&blob.ipc[..]), None)?;
         let want = q.state_schema();
         let same = |a: &arrow::datatypes::Schema| {
             a.fields().len() == want.fields().len()
@@ -138,5 +142,119 @@ impl PartitionWindows {
     /// State rows held over all queries.
     pub fn rows(&self) -> usize {
         self.queries.values().map(QueryState::rows).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::transform::{Planner, Target};
+    use crate::windows::Windowing;
+
+    /// Generated transactions over a few hours of event time, decoded as the engine does.
+    fn rows() -> RecordBatch {
+        let mut g = crate::generator::Generator::new(crate::generator::GeneratorConfig {
+            seed: 5,
+            ..Default::default()
+        });
+        let messages: Vec<crate::source::Message> = (0..5_000)
+            .map(|i| crate::source::Message {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: i,
+                timestamp_ms: None,
+                payload: Some(g.next_transaction().to_json().into_bytes()),
+            })
+            .collect();
+        crate::batcher::decode_batch(&messages, 1 << 20)
+            .unwrap()
+            .rows
+    }
+
+    async fn state_of_a_query() -> (WindowQuery, QueryState) {
+        let planner = Planner::new().unwrap();
+        let sql = "INSERT INTO influx.s SELECT date_bin(INTERVAL '1 minute', sold_at) AS time, brand, \
+            count(*) AS sales, sum(price) AS revenue, \
+            approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY CAST(price AS DOUBLE)) AS p50 \
+            FROM transactions GROUP BY 1, 2";
+        let t = planner
+            .plan_file(std::path::Path::new("s.sql"), sql)
+            .await
+            .unwrap();
+        let Target::Influx {
+            windowing: Windowing::Windowed(spec),
+            ..
+        } = &t.target
+        else {
+            panic!("not windowed: {:?}", t.target)
+        };
+        let q = WindowQuery::new(&t.plan, spec.clone(), &planner.batch_ctx)
+            .await
+            .unwrap();
+        planner.batch.set(vec![rows()]);
+        let partial = q.partial(&planner.batch_ctx).await.unwrap();
+        let mut state = QueryState::default();
+        state.replace(&q, &partial).unwrap();
+        (q, state)
+    }
+
+    fn same_windows(a: &QueryState, b: &QueryState) {
+        assert_eq!(
+            a.windows.keys().collect::<Vec<_>>(),
+            b.windows.keys().collect::<Vec<_>>()
+        );
+        for (start, rows) in &a.windows {
+            let other = &b.windows[start];
+            assert_eq!(rows.columns(), other.columns(), "window {start}");
+        }
+    }
+
+    #[tokio::test]
+    async fn window_state_reads_back_from_its_entry_json_window_by_window() {
+        let (q, state) = state_of_a_query().await;
+        assert!(state.windows.len() > 3, "{} windows", state.windows.len());
+        let blob = state.to_blob(&q, "v1").unwrap();
+        let json = serde_json::to_string(&blob).unwrap();
+        // In the entry, the IPC stream is one base64 string (as entries have always held it).
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let text = v["ipc"].as_str().unwrap();
+        use base64::Engine as _;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .unwrap(),
+            &blob.ipc[..]
+        );
+        let back: WindowBlob = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, blob);
+        same_windows(&state, &QueryState::from_blob(&q, &back).unwrap());
+    }
+
+    #[tokio::test]
+    async fn window_state_written_as_one_batch_by_an_older_carflow_still_reads() {
+        let (q, state) = state_of_a_query().await;
+        // Older entries held every window concatenated in a single batch.
+        let schema = q.state_schema();
+        let all = concat_batches(&schema, state.windows.values()).unwrap();
+        let mut buf = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut buf, &schema).unwrap();
+            w.write(&all).unwrap();
+            w.finish().unwrap();
+        }
+        use base64::Engine as _;
+        let json = format!(
+            r#"{{"fingerprint":"v0","ipc":"{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode(&buf)
+        );
+        let blob: WindowBlob = serde_json::from_str(&json).unwrap();
+        same_windows(&state, &QueryState::from_blob(&q, &blob).unwrap());
+        let bad: Result<WindowBlob, _> = serde_json::from_str(r#"{"fingerprint":"v0","ipc":"**"}"#);
+        assert!(
+            bad.unwrap_err().to_string().contains("not base64"),
+            "a corrupt blob names the problem"
+        );
     }
 }
