@@ -147,7 +147,8 @@ fn col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef,
         .ok_or_else(|| ArrowError::SchemaError(format!("no column {name}")))
 }
 
-/// The rows of each partition, in order.
+/// The rows of each partition, in order. When each partition's rows are contiguous (a batch in
+/// processing order, the usual case) they are slices of `rows`, not copies.
 pub fn split_by_partition(
     rows: &RecordBatch,
 ) -> Result<HashMap<TopicPartition, RecordBatch>, ArrowError> {
@@ -157,19 +158,27 @@ pub fn split_by_partition(
     }
     let topics = col(rows, COL_TOPIC)?.as_string::<i32>();
     let parts = col(rows, COL_PARTITION)?.as_primitive::<Int32Type>();
+    // Runs of one partition: (topic, partition, first row, rows).
+    let mut runs: Vec<(&str, i32, usize, usize)> = Vec::new();
+    for i in 0..rows.num_rows() {
+        let (t, p) = (topics.value(i), parts.value(i));
+        match runs.last_mut() {
+            Some((rt, rp, _, n)) if *rp == p && *rt == t => *n += 1,
+            _ => runs.push((t, p, i, 1)),
+        }
+    }
+    let mut seen = std::collections::HashSet::with_capacity(runs.len());
+    if runs.iter().all(|(t, p, _, _)| seen.insert((*t, *p))) {
+        for (t, p, first, n) in runs {
+            out.insert(TopicPartition::new(Arc::from(t), p), rows.slice(first, n));
+        }
+        return Ok(out);
+    }
     let mut idx: HashMap<(&str, i32), Vec<u32>> = HashMap::new();
     for i in 0..rows.num_rows() {
         idx.entry((topics.value(i), parts.value(i)))
             .or_default()
             .push(i as u32);
-    }
-    if idx.len() == 1 {
-        let ((t, p), _) = idx
-            .into_iter()
-            .next()
-            .ok_or_else(|| ArrowError::ComputeError("empty".into()))?;
-        out.insert(TopicPartition::new(Arc::from(t), p), rows.clone());
-        return Ok(out);
     }
     for ((t, p), i) in idx {
         out.insert(
@@ -221,4 +230,81 @@ pub fn without_rows(rows: &RecordBatch, drop: &[usize]) -> Result<RecordBatch, A
         }
     }
     filter_record_batch(rows, &arrow::array::BooleanArray::from(keep))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int32Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    fn batch(rows: &[(&str, i32, i64)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(COL_TOPIC, DataType::Utf8, false),
+            Field::new(COL_PARTITION, DataType::Int32, false),
+            Field::new(COL_OFFSET, DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn offsets(b: &RecordBatch) -> Vec<i64> {
+        b.column(2).as_primitive::<Int64Type>().values().to_vec()
+    }
+
+    fn tp(t: &str, p: i32) -> TopicPartition {
+        TopicPartition::new(Arc::from(t), p)
+    }
+
+    /// A batch in processing order is split without copying its rows: each partition's rows
+    /// are a slice of the batch (the copy was 12 MB at the peak of a heaptrack of `carflow run`).
+    #[test]
+    fn a_batch_in_processing_order_is_split_into_slices() {
+        let rows = batch(&[
+            ("t", 0, 5),
+            ("t", 0, 6),
+            ("t", 1, 2),
+            ("u", 1, 9),
+            ("u", 1, 10),
+        ]);
+        let split = split_by_partition(&rows).unwrap();
+        assert_eq!(split.len(), 3);
+        assert_eq!(offsets(&split[&tp("t", 0)]), vec![5, 6]);
+        assert_eq!(offsets(&split[&tp("t", 1)]), vec![2]);
+        assert_eq!(offsets(&split[&tp("u", 1)]), vec![9, 10]);
+        let whole = rows
+            .column(2)
+            .as_primitive::<Int64Type>()
+            .values()
+            .as_ptr_range();
+        for part in split.values() {
+            let at = part.column(2).as_primitive::<Int64Type>().values().as_ptr();
+            assert!(whole.contains(&at), "a slice shares the batch's buffer");
+        }
+    }
+
+    /// Rows of a partition that are not contiguous are gathered, in their order.
+    #[test]
+    fn interleaved_partitions_are_gathered_in_order() {
+        let rows = batch(&[
+            ("t", 0, 5),
+            ("t", 1, 2),
+            ("t", 0, 6),
+            ("t", 1, 3),
+            ("t", 2, 1),
+        ]);
+        let split = split_by_partition(&rows).unwrap();
+        assert_eq!(split.len(), 3);
+        assert_eq!(offsets(&split[&tp("t", 0)]), vec![5, 6]);
+        assert_eq!(offsets(&split[&tp("t", 1)]), vec![2, 3]);
+        assert_eq!(offsets(&split[&tp("t", 2)]), vec![1]);
+    }
 }

@@ -110,12 +110,16 @@ impl<S: Source> Pipeline<S> {
             .iter()
             .map(|(k, w)| (k.clone(), w.clone()))
             .collect();
+        // Every partition's fresh rows in one batch, made once for the queries none of whose
+        // rows are late (the usual case) rather than once per query.
+        let mut all_fresh: Option<RecordBatch> = None;
         for (key, w) in entries {
             let _timed = Timed::new(&self.metrics, &key, "fold");
             let spec = &w.query.spec;
             let closed = self.closed_before(&spec.column);
             // Rows not late, per partition.
             let mut inputs = Vec::new();
+            let mut none_late = true;
             for (i, part) in parts.iter().enumerate() {
                 let Some(fresh) = &part.fresh else { continue };
                 let own_max = self
@@ -164,13 +168,23 @@ impl<S: Source> Pipeline<S> {
                         closed.map_or("(none)".into(), crate::windows::fmt_ms),
                     ));
                 }
+                none_late = false;
                 let mask = late_masks[i].get_or_insert_with(|| vec![false; keep.len()]);
                 for (m, k) in mask.iter_mut().zip(&keep) {
                     *m |= !k;
                 }
                 inputs.push(filter_record_batch(fresh, &BooleanArray::from(keep))?);
             }
-            let rows = concat_batches(&source_schema(), &inputs)?;
+            let rows = match (&all_fresh, none_late) {
+                (Some(all), true) => all.clone(),
+                _ => {
+                    let rows = concat_batches(&source_schema(), &inputs)?;
+                    if none_late {
+                        all_fresh = Some(rows.clone());
+                    }
+                    rows
+                }
+            };
             if rows.num_rows() == 0 {
                 continue;
             }

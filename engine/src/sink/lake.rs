@@ -307,7 +307,14 @@ pub fn encode_parquet(
     props: &WriterProperties,
 ) -> Result<Bytes, parquet::errors::ParquetError> {
     let batch = &nullable(batch)?;
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
+    // Sized by the rows' own bytes (a slice of a larger batch reports all of that batch's
+    // buffers in get_array_memory_size).
+    let bytes: usize = batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum();
+    let mut buf = Vec::with_capacity(bytes / 4 + 1024);
     let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.clone()))?;
     writer.write(batch)?;
     writer.close()?;
