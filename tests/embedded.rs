@@ -825,3 +825,58 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A windowed query that fails on some rows (integer division by zero where `customer_age` is
+/// 30): those rows are dead letters naming the query, every other row is in its window, and the
+/// other windowed queries, folded beside it, are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_query_failing_on_some_rows_dead_letters_them_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("queries");
+    std::fs::create_dir(&q).unwrap();
+    for f in ["cars.sql", "sales_by_brand.sql", "price_percentiles.sql"] {
+        std::fs::copy(queries().join(f), q.join(f)).unwrap();
+    }
+    std::fs::write(
+        q.join("age_ratio.sql"),
+        "INSERT INTO influx.age_ratio\nSELECT date_bin(INTERVAL '1 minute', sold_at) AS time, brand,\n  count(*) AS sales, sum(1000 / (customer_age - 30)) AS ratio\nFROM transactions GROUP BY 1, 2;\n",
+    )
+    .unwrap();
+    let mut c = config(dir.path(), 1_000);
+    c.queries.dir = q;
+    run(MemorySource::new(messages(23, 6_000, &[])), &c).await;
+    let ctx = lake_context(&dir.path().join("lake").display().to_string()).await;
+    let thirty = scalar(&ctx, "SELECT count(*) FROM cars WHERE customer_age = 30").await;
+    assert!(thirty > 10, "{thirty} rows with customer_age 30");
+    let dead = scalar(
+        &ctx,
+        "SELECT count(*) FROM dead_letters WHERE transform = 'influx.age_ratio' AND reason LIKE '%ivide by zero%'",
+    )
+    .await;
+    assert_eq!(
+        dead, thirty,
+        "each failing row is a dead letter naming the query"
+    );
+    let points =
+        parse_line_protocol(&std::fs::read_to_string(dir.path().join("metrics.lp")).unwrap());
+    let sales: f64 = points
+        .iter()
+        .filter(|(k, _)| k.0 == "age_ratio")
+        .map(|(_, f)| f["sales"])
+        .sum();
+    let all = scalar(&ctx, "SELECT count(*) FROM cars").await;
+    assert_eq!(
+        sales as i64,
+        all - thirty,
+        "every other row is in its window"
+    );
+    let brand: f64 = points
+        .iter()
+        .filter(|(k, _)| k.0 == "sales_by_brand")
+        .map(|(_, f)| f["sales"])
+        .sum();
+    assert_eq!(
+        brand as i64, all,
+        "the other windowed queries keep every row"
+    );
+}

@@ -31,7 +31,7 @@ use super::{Pipeline, PipelineError, Stop, WindowSet, with_timeout};
 use crate::line_protocol::encode_batch_counted;
 use crate::schema::source_schema;
 use crate::source::{Source, TopicPartition};
-use crate::transform::isolate::run_isolating;
+use crate::transform::isolate::{Isolated, run_isolating};
 use crate::windows::state::QueryState;
 use crate::windows::watermark::{PartitionProgress, late_rows};
 
@@ -63,6 +63,56 @@ impl Drop for Timed {
         self.metrics
             .window_query(&self.query, self.phase, self.at.elapsed().as_secs_f64());
     }
+}
+
+/// One windowed query's fold of a batch: its rows, what the partitions held of its windows, and
+/// its partial aggregate and merge running as a task (`None`: planning failed, run it again
+/// isolating the rows that fail).
+struct Fold {
+    key: String,
+    w: super::queries::WindowEntry,
+    rows: RecordBatch,
+    pending: Vec<(i32, QueryState)>,
+    task: Option<FoldTask>,
+}
+
+/// The partial states of a fold (an error: the partial aggregate failed), and their merge with
+/// what the partitions held of the touched windows (`None`: no row went into a window).
+type FoldTask = tokio::task::JoinHandle<
+    datafusion::error::Result<(
+        Vec<RecordBatch>,
+        datafusion::error::Result<Option<Vec<RecordBatch>>>,
+    )>,
+>;
+
+/// Merge partial states with what each partition holds of the windows they touch (`pending`:
+/// per partition, its open windows of the query). `None` when there are no partial states.
+async fn merge_pending(
+    query: &crate::windows::aggregate::WindowQuery,
+    partial: &[RecordBatch],
+    pending: &[(i32, QueryState)],
+    ctx: &datafusion::prelude::SessionContext,
+) -> datafusion::error::Result<Option<Vec<RecordBatch>>> {
+    if partial.iter().all(|b| b.num_rows() == 0) {
+        return Ok(None);
+    }
+    let new = query.concat(partial)?;
+    let starts = query.window_starts(&new)?;
+    let partitions = query.partitions_of(&new)?;
+    let mut by_part: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+    for (s, p) in starts.iter().zip(partitions.iter()) {
+        if let (Some(s), Some(p)) = (s, p) {
+            by_part.entry(p).or_default().insert(*s);
+        }
+    }
+    let mut merge_in = vec![new];
+    for (partition, state) in pending {
+        let Some(ws) = by_part.get(partition) else {
+            continue;
+        };
+        merge_in.extend(ws.iter().filter_map(|s| state.windows.get(s).cloned()));
+    }
+    Ok(Some(query.reduce(merge_in, ctx).await?))
 }
 
 /// How many times a merged write is redone when other partitions keep committing.
@@ -113,8 +163,8 @@ impl<S: Source> Pipeline<S> {
         // Every partition's fresh rows in one batch, made once for the queries none of whose
         // rows are late (the usual case) rather than once per query.
         let mut all_fresh: Option<RecordBatch> = None;
+        let mut folds = Vec::with_capacity(entries.len());
         for (key, w) in entries {
-            let _timed = Timed::new(&self.metrics, &key, "fold");
             let spec = &w.query.spec;
             let closed = self.closed_before(&spec.column);
             // Rows not late, per partition.
@@ -188,12 +238,87 @@ impl<S: Source> Pipeline<S> {
             if rows.num_rows() == 0 {
                 continue;
             }
+            // What each partition holds of this query's windows (only this query's fold below
+            // changes it).
+            let pending: Vec<(i32, QueryState)> = parts
+                .iter()
+                .filter_map(|p| {
+                    let state = p.windows.as_ref()?.queries.get(&key)?;
+                    Some((p.tp.partition, state.clone()))
+                })
+                .collect();
+            // Planned here, one query after the other (a plan takes its rows from the planner's
+            // table when it is made), then run as a task of its own: the folds share the cores.
+            let planner = &self.queries.planner;
+            planner.batch.set(vec![rows.clone()]);
+            let task = match w.query.plan_partial(&planner.batch_ctx).await {
+                Ok(plan) => {
+                    let (query, ctx) = (w.query.clone(), planner.batch_ctx.clone());
+                    let (metrics, pending) =
+                        (std::sync::Arc::clone(&self.metrics), pending.clone());
+                    let timed = key.clone();
+                    Some(tokio::spawn(async move {
+                        let _timed = Timed::new(&metrics, &timed, "fold");
+                        let partial =
+                            datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?;
+                        let reduced = merge_pending(&query, &partial, &pending, &ctx).await;
+                        Ok::<_, datafusion::error::DataFusionError>((partial, reduced))
+                    }))
+                }
+                // Run again below, row by row where it fails.
+                Err(_) => None,
+            };
+            folds.push(Fold {
+                key,
+                w,
+                rows,
+                pending,
+                task,
+            });
+        }
+        self.queries.planner.batch.set(Vec::new());
+        for Fold {
+            key,
+            w,
+            rows,
+            pending,
+            task,
+        } in folds
+        {
             let (planner, query) = (&self.queries.planner, &w.query);
-            let iso = run_isolating(&rows, |r| async move {
-                planner.batch.set(vec![r]);
-                query.partial(&planner.batch_ctx).await
-            })
-            .await;
+            let done = match task {
+                Some(task) => match task.await {
+                    Ok(Ok(done)) => Some(done),
+                    Ok(Err(_)) => None,
+                    Err(e) => {
+                        return Err(Stop::Failed(PipelineError::DataFusion(
+                            datafusion::error::DataFusionError::Execution(format!(
+                                "the window fold of {key} failed: {e}"
+                            )),
+                        )));
+                    }
+                },
+                None => None,
+            };
+            let (iso, reduced) = match done {
+                Some((outputs, reduced)) => (
+                    Isolated {
+                        outputs,
+                        poison: Vec::new(),
+                    },
+                    Some(reduced),
+                ),
+                // The whole batch failed: again by halves, down to the rows that fail alone.
+                None => {
+                    let _timed = Timed::new(&self.metrics, &key, "fold");
+                    let iso = run_isolating(&rows, |r| async move {
+                        planner.batch.set(vec![r]);
+                        query.partial(&planner.batch_ctx).await
+                    })
+                    .await;
+                    (iso, None)
+                }
+            };
             let transform = self
                 .queries
                 .transforms
@@ -219,38 +344,15 @@ impl<S: Source> Pipeline<S> {
                 let refused = refused_rows(index, &rows, &iso.poison, t)?;
                 route(parts, refused);
             }
-            if iso.outputs.iter().all(|b| b.num_rows() == 0) {
+            let reduced = match reduced {
+                Some(r) => r,
+                None => merge_pending(query, &iso.outputs, &pending, &planner.batch_ctx).await,
+            }
+            .map_err(PipelineError::from)?;
+            // No row went into a window.
+            let Some(reduced) = reduced else {
                 continue;
-            }
-            // Merge with what each partition holds for the touched windows.
-            let new = w.query.concat(&iso.outputs)?;
-            let starts = w.query.window_starts(&new)?;
-            let partitions = w.query.partitions_of(&new)?;
-            let mut by_part: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
-            for (s, p) in starts.iter().zip(partitions.iter()) {
-                if let (Some(s), Some(p)) = (s, p) {
-                    by_part.entry(p).or_default().insert(*s);
-                }
-            }
-            let mut merge_in = vec![new];
-            for part in parts.iter() {
-                let (Some(pending), Some(ws)) = (&part.windows, by_part.get(&part.tp.partition))
-                else {
-                    continue;
-                };
-                if let Some(state) = pending.queries.get(&key) {
-                    for s in ws {
-                        if let Some(b) = state.windows.get(s) {
-                            merge_in.push(b.clone());
-                        }
-                    }
-                }
-            }
-            let reduced = w
-                .query
-                .reduce(merge_in, &planner.batch_ctx)
-                .await
-                .map_err(PipelineError::from)?;
+            };
             let merged = w.query.concat(&reduced)?;
             let owners = w.query.partitions_of(&merged)?;
             for part in parts.iter_mut() {

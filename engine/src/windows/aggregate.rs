@@ -272,12 +272,17 @@ impl WindowQuery {
     /// Partial states of the rows now in `ctx`'s `transactions` table (one row per window, group
     /// and partition).
     pub async fn partial(&self, ctx: &SessionContext) -> Result<Vec<RecordBatch>> {
+        run(self.plan_partial(ctx).await?, ctx).await
+    }
+
+    /// The plan of [`WindowQuery::partial`]: it holds the rows that were in `ctx`'s
+    /// `transactions` table when it was made, so it can run while the table takes other rows.
+    pub async fn plan_partial(&self, ctx: &SessionContext) -> Result<Arc<dyn ExecutionPlan>> {
         let planned = ctx.state().create_physical_plan(&self.extended).await?;
         let (_, raw) = find_aggregate(&planned)
             .ok_or_else(|| internal("the extended aggregate was not planned as an aggregate"))?;
         let input = Arc::clone(raw.input());
-        let partial = self.ext.exec(AggregateMode::Partial, input)?;
-        run(Arc::new(partial), ctx).await
+        Ok(Arc::new(self.ext.exec(AggregateMode::Partial, input)?))
     }
 
     /// Merge state rows: one row per (window, group, partition).
