@@ -458,7 +458,15 @@ impl OffsetLedger {
             compactions,
         };
         let path = self.entry_path(&ledger.tp, seq);
-        let body = serde_json::to_vec(&entry).map_err(|source| LedgerError::Corrupt {
+        // Sized up front: the window state (base64, 4 bytes per 3) is most of an entry, and a
+        // growing Vec would hold up to twice the entry while it is written.
+        let state: usize = entry
+            .windows
+            .values()
+            .map(|w| w.ipc.len() / 3 * 4 + 8)
+            .sum();
+        let mut body = Vec::with_capacity(state + 4096 + 512 * entry.files.len());
+        serde_json::to_writer(&mut body, &entry).map_err(|source| LedgerError::Corrupt {
             path: path.to_string(),
             source,
         })?;
