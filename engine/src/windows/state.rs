@@ -58,7 +58,9 @@ impl QueryState {
     pub fn to_blob(&self, q: &WindowQuery, fingerprint: &str) -> Result<WindowBlob> {
         let schema = q.state_schema();
         let all = concat_batches(&schema, self.windows.values())?;
-        let mut buf = Vec::with_capacity(all.get_array_memory_size() + 1024);
+        // The rows' buffers plus room for the IPC schema and batch headers (a few hundred bytes
+        // per column, nested state columns included): a Vec that overflows doubles.
+        let mut buf = Vec::with_capacity(all.get_array_memory_size() + 8192);
         {
             let mut w = StreamWriter::try_new(&mut buf, &schema)?;
             w.write(&all)?;
