@@ -130,6 +130,19 @@ fn memory(batches: Vec<RecordBatch>, schema: SchemaRef) -> Result<Arc<dyn Execut
     Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
 }
 
+/// The non-empty rows of `batches` as one batch (`None`: no rows). State is kept per window, so
+/// a merge takes one small batch per window and partition; an aggregate pays a fixed cost per
+/// input batch (group hashing, every accumulator's merge, the stream's bookkeeping) that for
+/// batches of a few rows outweighs the rows' own work.
+fn one_batch(batches: &[RecordBatch]) -> Result<Option<RecordBatch>> {
+    let rows: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    Ok(match rows.as_slice() {
+        [] => None,
+        [only] => Some((*only).clone()),
+        [first, ..] => Some(concat_batches(&first.schema(), rows.iter().copied())?),
+    })
+}
+
 /// A windowed Influx query, ready for partial, reduce and final phases.
 #[derive(Debug, Clone)]
 pub struct WindowQuery {
@@ -291,10 +304,10 @@ impl WindowQuery {
         states: Vec<RecordBatch>,
         ctx: &SessionContext,
     ) -> Result<Vec<RecordBatch>> {
-        if states.iter().all(|b| b.num_rows() == 0) {
+        let Some(states) = one_batch(&states)? else {
             return Ok(Vec::new());
-        }
-        let input = memory(states, self.state_schema())?;
+        };
+        let input = memory(vec![states], self.state_schema())?;
         let reduce = self.ext.exec(AggregateMode::PartialReduce, input)?;
         run(Arc::new(reduce), ctx).await
     }
@@ -306,15 +319,11 @@ impl WindowQuery {
         states: Vec<RecordBatch>,
         ctx: &SessionContext,
     ) -> Result<Vec<RecordBatch>> {
-        let own: Vec<RecordBatch> = states
-            .iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| self.to_own_state(b))
-            .collect::<Result<_>>()?;
-        if own.is_empty() {
+        let Some(states) = one_batch(&states)? else {
             return Ok(Vec::new());
-        }
-        let input = memory(own, Arc::clone(&self.own.state_schema))?;
+        };
+        let own = self.to_own_state(&states)?;
+        let input = memory(vec![own], Arc::clone(&self.own.state_schema))?;
         let finals = run(Arc::new(self.own.exec(AggregateMode::Final, input)?), ctx).await?;
         let (top, _) =
             find_aggregate(&self.post).ok_or_else(|| internal("the query lost its aggregate"))?;

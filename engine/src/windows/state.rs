@@ -125,7 +125,14 @@ pub fn split_by_window(
         }
     }
     out.into_iter()
-        .map(|(s, v)| Ok((s, concat_batches(&q.state_schema(), &v)?)))
+        .map(|(s, mut v)| {
+            // A window's rows usually come from one batch: taken already, no second copy.
+            let rows = match v.len() {
+                1 => v.pop().expect("one batch"),
+                _ => concat_batches(&q.state_schema(), &v)?,
+            };
+            Ok((s, rows))
+        })
         .collect()
 }
 
