@@ -375,9 +375,7 @@ impl<S: Source> Pipeline<S> {
                 // batch went into them: they were closed when it was folded).
                 Some(before) => {
                     let mut all = state.clone();
-                    for (start, rows) in &before.windows {
-                        all.windows.entry(*start).or_insert_with(|| rows.clone());
-                    }
+                    all.fill_from(before).map_err(PipelineError::from)?;
                     with_held = all;
                     &with_held
                 }

@@ -262,7 +262,7 @@ impl<S: Source> Pipeline<S> {
                 };
             }
             for s in &missing {
-                cached.windows.insert(*s, state.windows.get(s).cloned());
+                cached.windows.insert(*s, state.get(*s));
             }
         }
         Ok(Ok(()))

@@ -110,7 +110,7 @@ async fn merge_pending(
         let Some(ws) = by_part.get(partition) else {
             continue;
         };
-        merge_in.extend(ws.iter().filter_map(|s| state.windows.get(s).cloned()));
+        merge_in.extend(ws.iter().filter_map(|s| state.get(*s)));
     }
     Ok(Some(query.reduce(merge_in, ctx).await?))
 }
@@ -517,7 +517,7 @@ impl<S: Source> Pipeline<S> {
             let mut states: Vec<RecordBatch> = Vec::new();
             for o in self.book.owned.values() {
                 if let Some(q) = o.windows.queries.get(key) {
-                    states.extend(open.iter().filter_map(|s| q.windows.get(s).cloned()));
+                    states.extend(open.iter().filter_map(|s| q.get(*s)));
                 }
             }
             // Other partitions from their latest ledger entries: the state they hold of the
@@ -546,7 +546,7 @@ impl<S: Source> Pipeline<S> {
                     }
                 }
                 if let Some(q) = o.decoded.get(key) {
-                    states.extend(open.iter().filter_map(|s| q.windows.get(s).cloned()));
+                    states.extend(open.iter().filter_map(|s| q.get(*s)));
                 }
             }
             if !from_lake.is_empty() {
@@ -611,9 +611,7 @@ impl<S: Source> Pipeline<S> {
         for tp in loaded {
             if let Some(o) = self.book.owned.get(tp) {
                 for (key, q) in &o.windows.queries {
-                    set.entry(key.clone())
-                        .or_default()
-                        .extend(q.windows.keys().copied());
+                    set.entry(key.clone()).or_default().extend(q.starts());
                 }
             }
         }
@@ -694,7 +692,7 @@ impl<S: Source> Pipeline<S> {
                     o.windows
                         .queries
                         .iter()
-                        .filter_map(|(k, q)| q.windows.keys().next().map(|s| (*s, k.clone())))
+                        .filter_map(|(k, q)| q.starts().next().map(|s| (s, k.clone())))
                 })
                 .min();
             let Some((start, key)) = oldest else { break };

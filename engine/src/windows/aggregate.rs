@@ -277,6 +277,11 @@ impl WindowQuery {
         Arc::clone(&self.ext.state_schema)
     }
 
+    /// Index of the window column in state rows.
+    pub fn time_index(&self) -> usize {
+        self.time_col
+    }
+
     /// The query's logical plan.
     pub fn plan(&self) -> &LogicalPlan {
         &self.plan
