@@ -58,10 +58,7 @@ fn main() {
         }
     }
     let messages = common::messages(records);
-    let json_bytes: usize = messages
-        .iter()
-        .map(|m| m.payload.as_ref().map_or(0, Vec::len))
-        .sum();
+    let json_bytes: usize = messages.iter().map(|m| m.size()).sum();
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();

@@ -358,7 +358,7 @@ async fn replay(global: &Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             partition: l.origin.partition,
             offset: l.origin.offset,
             timestamp_ms: l.kafka_ts,
-            payload: Some(l.payload.clone()),
+            payload: Some(l.payload.clone().into()),
         };
         let d = decode_batch_with(std::slice::from_ref(&m), &rules)?;
         match d.dead_letters.first() {

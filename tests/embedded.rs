@@ -38,7 +38,7 @@ fn messages(seed: u64, n: usize, bad: &[Option<Vec<u8>>]) -> Vec<Message> {
             partition,
             offset,
             timestamp_ms: Some(offset),
-            payload,
+            payload: payload.map(Into::into),
         });
     };
     for i in 0..n {

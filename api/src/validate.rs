@@ -109,7 +109,7 @@ pub fn validate(
             partition: 0,
             offset: *line as i64,
             timestamp_ms: None,
-            payload: Some(body[span.clone()].to_vec()),
+            payload: Some(body.slice(span.clone())),
         })
         .collect();
     let decoded = decode_batch(&messages, max_message_bytes).map_err(|e| {

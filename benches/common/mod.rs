@@ -25,7 +25,7 @@ pub fn messages(n: usize) -> Vec<Message> {
                 partition: 0,
                 offset: i as i64,
                 timestamp_ms: Some(0),
-                payload: Some(payload),
+                payload: Some(payload.into()),
             }
         })
         .collect()

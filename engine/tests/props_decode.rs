@@ -439,7 +439,7 @@ fn batch() -> impl Strategy<Value = Vec<(Message, Kind)>> {
                     partition,
                     offset: next[p],
                     timestamp_ms: ts,
-                    payload: case.payload,
+                    payload: case.payload.map(Into::into),
                 };
                 (m, case.kind)
             })
@@ -776,7 +776,7 @@ fn odd_messages() -> impl Strategy<Value = Vec<Message>> {
                 partition: 0,
                 offset: i as i64,
                 timestamp_ms: None,
-                payload,
+                payload: payload.map(Into::into),
             })
             .collect()
     })
@@ -808,7 +808,7 @@ proptest! {
             partition: 0,
             offset: 0,
             timestamp_ms: None,
-            payload: case.payload.clone(),
+            payload: case.payload.clone().map(Into::into),
         };
         check(&[(m, case.kind)])?;
     }
@@ -839,7 +839,7 @@ fn gap_commas_are_not_checked() {
             partition: 0,
             offset: 0,
             timestamp_ms: None,
-            payload: Some(text.clone().into_bytes()),
+            payload: Some(text.clone().into_bytes().into()),
         };
         let d = decode_batch(&[m], MAX_MESSAGE_BYTES).unwrap();
         assert_eq!(d.rows.num_rows(), 0, "decoded as a row: {text}");

@@ -21,7 +21,7 @@ fn msg(offset: i64, payload: Option<Vec<u8>>) -> Message {
         partition: (offset % 3) as i32,
         offset,
         timestamp_ms: Some(1_000 + offset),
-        payload,
+        payload: payload.map(Into::into),
     }
 }
 

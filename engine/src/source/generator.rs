@@ -70,7 +70,7 @@ impl Source for GeneratorSource {
             partition: 0,
             offset,
             timestamp_ms: Some(chrono::Utc::now().timestamp_millis()),
-            payload: Some(payload),
+            payload: Some(payload.into()),
         }))
     }
 

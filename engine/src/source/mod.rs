@@ -57,14 +57,16 @@ pub struct Message {
     pub offset: i64,
     /// Broker timestamp in milliseconds since the epoch, if any.
     pub timestamp_ms: Option<i64>,
-    /// The message value; `None` for a tombstone (null value).
-    pub payload: Option<Vec<u8>>,
+    /// The message value; `None` for a tombstone (null value). A `Bytes`: the Kafka source
+    /// copies a batch's values into shared chunks rather than one allocation each, and a clone
+    /// (a batch read again after a fence, a redo) shares the bytes.
+    pub payload: Option<bytes::Bytes>,
 }
 
 impl Message {
     /// Bytes this message holds (its payload length).
     pub fn size(&self) -> usize {
-        self.payload.as_ref().map_or(0, Vec::len)
+        self.payload.as_ref().map_or(0, bytes::Bytes::len)
     }
 
     /// The partition this message belongs to.
@@ -127,7 +129,7 @@ impl DeadLetter {
             offset: m.offset,
             timestamp_ms: m.timestamp_ms,
             reason,
-            payload: m.payload.clone().unwrap_or_default(),
+            payload: m.payload.as_deref().unwrap_or_default().to_vec(),
             transform: None,
         }
     }

@@ -85,7 +85,7 @@ impl Canary {
                 partition: 0,
                 offset,
                 timestamp_ms: None,
-                payload: Some(g.next_transaction().to_json().into_bytes()),
+                payload: Some(g.next_transaction().to_json().into_bytes().into()),
             })
             .collect();
         let decoded = decode_batch(&messages, 1 << 20)?;

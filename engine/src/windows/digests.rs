@@ -423,7 +423,7 @@ mod tests {
                 partition: (i % 3) as i32,
                 offset: i as i64,
                 timestamp_ms: None,
-                payload: Some(payload),
+                payload: Some(payload.into()),
             })
             .collect();
         crate::batcher::decode_batch(&messages, 1 << 20)

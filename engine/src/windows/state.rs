@@ -279,7 +279,7 @@ mod tests {
                 partition: 0,
                 offset: i,
                 timestamp_ms: None,
-                payload: Some(g.next_transaction().to_json().into_bytes()),
+                payload: Some(g.next_transaction().to_json().into_bytes().into()),
             })
             .collect();
         crate::batcher::decode_batch(&messages, 1 << 20)
