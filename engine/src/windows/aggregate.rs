@@ -130,10 +130,10 @@ fn memory(batches: Vec<RecordBatch>, schema: SchemaRef) -> Result<Arc<dyn Execut
     Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
 }
 
-/// The non-empty rows of `batches` as one batch (`None`: no rows). State is kept per window, so
-/// a merge takes one small batch per window and partition; an aggregate pays a fixed cost per
-/// input batch (group hashing, every accumulator's merge, the stream's bookkeeping) that for
-/// batches of a few rows outweighs the rows' own work.
+/// The non-empty rows of `batches` as one batch (`None`: no rows). A merge takes one slice per
+/// window and partition; an aggregate pays a fixed cost per input batch (group hashing, every
+/// accumulator's merge, the stream's bookkeeping) that for batches of a few rows outweighs the
+/// rows' own work.
 fn one_batch(batches: &[RecordBatch]) -> Result<Option<RecordBatch>> {
     let rows: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
     Ok(match rows.as_slice() {

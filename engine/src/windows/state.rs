@@ -53,6 +53,11 @@ impl QueryState {
         Some(self.rows.as_ref()?.slice(at, n))
     }
 
+    /// Every open window with its rows (a slice each), in window order.
+    fn pieces(&self) -> impl Iterator<Item = (i64, RecordBatch)> + '_ {
+        self.starts().filter_map(|s| self.get(s).map(|b| (s, b)))
+    }
+
     /// The starts of the open windows, in order.
     pub fn starts(&self) -> impl Iterator<Item = i64> + '_ {
         self.index.keys().copied()
@@ -74,18 +79,11 @@ impl QueryState {
             return Ok(BTreeSet::new());
         };
         let touched: BTreeSet<i64> = ranges.keys().copied().collect();
-        let mut pieces: Vec<(i64, RecordBatch)> =
-            Vec::with_capacity(self.index.len() + ranges.len());
-        if let Some(old) = &self.rows {
-            for (start, (at, n)) in &self.index {
-                if !ranges.contains_key(start) {
-                    pieces.push((*start, old.slice(*at, *n)));
-                }
-            }
-        }
-        for (start, (at, n)) in &ranges {
-            pieces.push((*start, fresh.slice(*at, *n)));
-        }
+        let mut pieces: Vec<(i64, RecordBatch)> = self
+            .pieces()
+            .filter(|(start, _)| !ranges.contains_key(start))
+            .chain(ranges.iter().map(|(s, (at, n))| (*s, fresh.slice(*at, *n))))
+            .collect();
         pieces.sort_by_key(|(start, _)| *start);
         self.rebuild(pieces)?;
         Ok(touched)
@@ -97,9 +95,8 @@ impl QueryState {
             return Ok(());
         }
         let mut pieces: Vec<(i64, RecordBatch)> = self
-            .starts()
-            .chain(other.starts().filter(|s| !self.index.contains_key(s)))
-            .filter_map(|s| self.get(s).or_else(|| other.get(s)).map(|b| (s, b)))
+            .pieces()
+            .chain(other.pieces().filter(|(s, _)| !self.index.contains_key(s)))
             .collect();
         pieces.sort_by_key(|(start, _)| *start);
         self.rebuild(pieces)
@@ -116,11 +113,7 @@ impl QueryState {
             let held = self.rows.as_ref().map_or(0, RecordBatch::num_rows);
             // The closed windows' rows go with the next rebuild, or now when they are most of it.
             if held > 2 * self.live {
-                let pieces: Vec<(i64, RecordBatch)> = self
-                    .index
-                    .keys()
-                    .filter_map(|s| self.get(*s).map(|b| (*s, b)))
-                    .collect();
+                let pieces: Vec<(i64, RecordBatch)> = self.pieces().collect();
                 // Concatenating slices of a batch that holds them cannot fail; keep it as it is
                 // if it somehow does.
                 let _ = self.rebuild(pieces);
@@ -157,13 +150,7 @@ impl QueryState {
         let all = match &self.rows {
             // Nothing closed since the last rebuild: the batch as it is.
             Some(rows) if rows.num_rows() == self.live => rows.clone(),
-            _ => concat_batches(
-                &schema,
-                &self
-                    .starts()
-                    .filter_map(|s| self.get(s))
-                    .collect::<Vec<_>>(),
-            )?,
+            _ => concat_batches(&schema, &self.pieces().map(|(_, b)| b).collect::<Vec<_>>())?,
         };
         let all = RecordBatch::try_new(schema.clone(), all.columns().to_vec())?;
         // The rows' buffers plus room for the IPC schema and batch headers (a few hundred bytes
